@@ -1,0 +1,5 @@
+import sys
+
+from gabench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""Validation helpers shared by every public boundary.
+
+Every check raises :class:`ConfigError`, whose message is one line naming the parameter, the
+value given and what is allowed. The CLI prints that line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A parameter has a value that is not allowed.
+
+    Args:
+        param: Name of the parameter as the user wrote it (``alpha``, ``--shots``, ``family``).
+        value: The value given.
+        allowed: What would have been accepted, as a phrase ("a number > 0").
+    """
+
+    def __init__(self, param: str, value: Any, allowed: str) -> None:
+        self.param = param
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{param}={value!r} is not allowed: expected {allowed}")
+
+
+def check_positive(param: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a finite float, > 0 (or >= 0 with ``allow_zero``)."""
+    bound = ">= 0" if allow_zero else "> 0"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(param, value, f"a finite number {bound}") from None
+    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        raise ConfigError(param, value, f"a finite number {bound}")
+    return x
+
+
+def check_int(param: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` as an int in ``[minimum, maximum]``."""
+    allowed = f"an integer >= {minimum}" if maximum is None else (
+        f"an integer in [{minimum}, {maximum}]"
+    )
+    if isinstance(value, bool):
+        raise ConfigError(param, value, allowed)
+    try:
+        x = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(param, value, allowed) from None
+    if x != value and not (isinstance(value, str) and str(x) == value.strip()):
+        raise ConfigError(param, value, allowed)
+    if x < minimum or (maximum is not None and x > maximum):
+        raise ConfigError(param, value, allowed)
+    return x
+
+
+def check_fraction(param: str, value: Any) -> float:
+    """Return ``value`` as a float in ``[0, 1]``."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(param, value, "a number in [0, 1]") from None
+    if not (0.0 <= x <= 1.0):
+        raise ConfigError(param, value, "a number in [0, 1]")
+    return x
+
+
+def check_choice(param: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    options = list(choices)
+    if value not in options:
+        raise ConfigError(param, value, "one of " + ", ".join(options))
+    return value

@@ -1,0 +1,270 @@
+"""The task-family plug-in kind: a distribution over tasks that samples whole meta-batches."""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gabench._errors import ConfigError, check_choice, check_int
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLIT_INDEX: dict[str, int] = {s: i for i, s in enumerate(SPLITS)}
+
+
+def task_rng(seed: int, family: str, split: str) -> np.random.Generator:
+    """The generator of the task stream for ``(seed, family, split)``.
+
+    The stream depends on nothing else (not on the algorithm or aggregator), so every method in a
+    comparison sees the same tasks for a given seed, and the three splits are separate streams.
+
+    Args:
+        seed: Base seed of the run.
+        family: Registry name of the family.
+        split: One of ``"train"``, ``"val"``, ``"test"``.
+    """
+    check_choice("split", split, SPLITS)
+    return np.random.default_rng([int(seed), zlib.crc32(family.encode()), SPLIT_INDEX[split]])
+
+
+def init_generator(seed: int, family: str) -> torch.Generator:
+    """The torch generator that initialises the model of ``(seed, family)``."""
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([int(seed), zlib.crc32(family.encode()), 99])
+                      .generate_state(1, dtype=np.uint64)[0] >> 1))
+    return g
+
+
+def sklearn_state(rng: np.random.Generator, split: str) -> int:
+    """A ``random_state`` for a scikit-learn ``make_*`` call, disjoint across splits.
+
+    The 32-bit seed space is cut into one block per split, so a train task and a test task can
+    never be the same draw, however many tasks are sampled.
+    """
+    block = 2**30
+    return SPLIT_INDEX[split] * block + int(rng.integers(block))
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """A meta-batch of ``T`` tasks as stacked tensors.
+
+    Attributes:
+        support_x: Tensor of shape (T, K_s, *x_shape), the support (adaptation) inputs.
+        support_y: Tensor of shape (T, K_s), targets (long class ids or float values).
+        query_x: Tensor of shape (T, K_q, *x_shape), the query (evaluation) inputs.
+        query_y: Tensor of shape (T, K_q).
+        corrupted: Bool tensor of shape (T,), True for outlier tasks.
+        classes: Optional long tensor of shape (T, ways): global class ids of each task, for
+            families that have classes (used to check that splits share no class).
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    corrupted: torch.Tensor
+    classes: torch.Tensor | None = None
+
+    @property
+    def n_tasks(self) -> int:
+        return int(self.support_x.shape[0])
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        """The same batch on ``device``."""
+        return replace(
+            self,
+            support_x=self.support_x.to(device),
+            support_y=self.support_y.to(device),
+            query_x=self.query_x.to(device),
+            query_y=self.query_y.to(device),
+            corrupted=self.corrupted.to(device),
+        )
+
+    def select(self, index: slice) -> TaskBatch:
+        """The tasks ``index`` of this batch."""
+        return TaskBatch(
+            self.support_x[index], self.support_y[index], self.query_x[index],
+            self.query_y[index], self.corrupted[index],
+            None if self.classes is None else self.classes[index],
+        )
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One constructor parameter of a family, as shown by ``gabench list``."""
+
+    name: str
+    type: type
+    default: Any
+    help: str = field(default="")
+
+
+class TaskFamily(ABC):
+    """A distribution over tasks.
+
+    Subclasses set the class attributes, validate their own parameters in ``__init__`` and
+    implement :meth:`_sample` (the arrays of a meta-batch) and :meth:`make_model`.
+
+    Attributes:
+        name: Registry name.
+        description: One line for ``gabench list``.
+        task_type: ``"classification"`` or ``"regression"``.
+        default_meta_test_tasks: How many held-out tasks the final meta-test uses by default.
+        default_alpha: Inner learning rate used when a run does not set one (a value that
+            learns on this family with the default settings, not a tuned optimum).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    task_type: ClassVar[str]
+    default_meta_test_tasks: ClassVar[int] = 600
+    default_alpha: ClassVar[float] = 0.01
+
+    shots: int
+    query_shots: int
+    ways: int
+
+    @abstractmethod
+    def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Arrays of a meta-batch: keys support_x, support_y, query_x, query_y (and classes)."""
+
+    @abstractmethod
+    def make_model(self, generator: torch.Generator) -> nn.Module:
+        """A freshly initialised model for this family, its weights drawn from ``generator``."""
+
+    # ------------------------------------------------------------------ public API
+    def sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> TaskBatch:
+        """Sample ``n_tasks`` tasks of ``split`` as one stacked batch.
+
+        Args:
+            n_tasks: Number of tasks T.
+            split: ``"train"``, ``"val"`` or ``"test"``.
+            rng: The generator of the task stream (see :func:`task_rng`); the only source of
+                randomness.
+
+        Returns:
+            A :class:`TaskBatch` on the CPU, float32 inputs.
+        """
+        n_tasks = check_int("n_tasks", n_tasks)
+        check_choice("split", split, SPLITS)
+        arrays = self._sample(n_tasks, split, rng)
+        y_dtype = torch.long if self.task_type == "classification" else torch.float32
+        classes = arrays.get("classes")
+        return TaskBatch(
+            support_x=torch.as_tensor(arrays["support_x"], dtype=torch.float32),
+            support_y=torch.as_tensor(arrays["support_y"], dtype=y_dtype),
+            query_x=torch.as_tensor(arrays["query_x"], dtype=torch.float32),
+            query_y=torch.as_tensor(arrays["query_y"], dtype=y_dtype),
+            corrupted=torch.zeros(n_tasks, dtype=torch.bool),
+            classes=None if classes is None else torch.as_tensor(classes, dtype=torch.long),
+        )
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the model output: 1 for regression and binary, ``ways`` otherwise."""
+        if self.task_type == "regression" or self.ways == 2:
+            return 1
+        return self.ways
+
+    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one task: MSE (regression), logistic (binary) or cross-entropy.
+
+        Args:
+            pred: Tensor of shape (K, n_outputs), the model output.
+            y: Tensor of shape (K,).
+        """
+        if self.task_type == "regression":
+            return F.mse_loss(pred.squeeze(-1), y)
+        if self.n_outputs == 1:
+            return F.binary_cross_entropy_with_logits(pred.squeeze(-1), y.to(pred.dtype))
+        return F.cross_entropy(pred, y)
+
+    def accuracy(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Fraction of correct predictions of one task (None for regression)."""
+        if self.task_type == "regression":
+            return None
+        if self.n_outputs == 1:
+            return ((pred.squeeze(-1) > 0).long() == y).to(pred.dtype).mean()
+        return (pred.argmax(-1) == y).to(pred.dtype).mean()
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments of this family (what ``config.json`` records)."""
+        return {p.name: getattr(self, p.name) for p in self.param_specs()}
+
+    @classmethod
+    def param_specs(cls) -> list[ParamSpec]:
+        """The constructor parameters, with types and defaults, read from ``__init__``."""
+        sig = inspect.signature(cls.__init__)
+        hints = inspect.get_annotations(cls.__init__, eval_str=True)
+        helps = getattr(cls, "param_help", {})
+        specs = []
+        for p in list(sig.parameters.values())[1:]:
+            specs.append(ParamSpec(p.name, hints.get(p.name, str), p.default, helps.get(p.name, "")))
+        return specs
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TaskFamily:
+        """Build the family from a name -> value mapping (strings are converted by type).
+
+        Raises:
+            ConfigError: on an unknown parameter or a value of the wrong type.
+        """
+        specs = {s.name: s for s in cls.param_specs()}
+        kwargs: dict[str, Any] = {}
+        for key, value in params.items():
+            if key not in specs:
+                raise ConfigError(
+                    f"{cls.name}.{key}", value,
+                    "one of the parameters " + ", ".join(specs) + f" of family {cls.name!r}",
+                )
+            kwargs[key] = _convert(f"{cls.name}.{key}", value, specs[key].type)
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _convert(param: str, value: Any, typ: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if typ is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(param, value, "true or false")
+    if typ is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(param, value, "an integer") from None
+    if typ is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(param, value, "a number") from None
+    return value
+
+
+def check_shots(family: str, shots: Any, query_shots: Any, available: int | None = None,
+                per: str = "task") -> tuple[int, int]:
+    """Validate support and query sizes; ``available`` bounds their sum when data is finite."""
+    shots = check_int("shots", shots)
+    query_shots = check_int("query_shots", query_shots)
+    if available is not None and shots + query_shots > available:
+        raise ConfigError(
+            "shots", shots,
+            f"shots + query_shots <= {available} (examples per {per} in family {family!r}; "
+            f"query_shots={query_shots})",
+        )
+    return shots, query_shots

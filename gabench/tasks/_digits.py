@@ -1,0 +1,118 @@
+"""Few-shot classification on real images that ship with scikit-learn (8x8 handwritten digits)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from gabench._errors import ConfigError, check_choice, check_int
+from gabench.models import MLP, ConvNet
+from gabench.tasks._base import SPLITS, TaskFamily, check_shots
+
+#: Which digits each split draws its classes from: the splits share no digit.
+SPLIT_DIGITS: dict[str, tuple[int, ...]] = {
+    "train": (0, 1, 2, 3, 4, 5),
+    "val": (6, 7),
+    "test": (8, 9),
+}
+
+
+@cache
+def _images() -> tuple[np.ndarray, np.ndarray]:
+    data = load_digits()
+    return (data.images / 16.0).astype(np.float32), data.target.astype(np.int64)
+
+
+class Digits(TaskFamily):
+    """N-way K-shot classification of scikit-learn's 1797 8x8 digit images (offline data).
+
+    A class is a digit at one of four rotations (0, 90, 180, 270 degrees), the way Omniglot
+    few-shot benchmarks multiply classes, giving 24 meta-train, 8 meta-val and 8 meta-test
+    classes. Splits are by digit (train 0-5, val 6-7, test 8-9), so meta-train, meta-val and
+    meta-test classes, and images, are disjoint. Each task draws ``ways`` classes of its split
+    and ``shots + query_shots`` images of each class, and assigns labels 0..ways-1 at random.
+
+    Args:
+        ways: Classes per task; at most the classes of the smallest split (8, or 2 without
+            rotations).
+        shots: Support images per class.
+        query_shots: Query images per class.
+        rotations: Multiply classes by four rotations (False: a class is a digit).
+        model: ``"mlp"`` (64-64-64-N) or ``"conv"`` (two 3x3 conv layers, 16 maps).
+        hidden: Hidden width of the MLP.
+    """
+
+    name = "digits"
+    description = ("N-way K-shot on sklearn's 8x8 digits; train/val/test classes disjoint "
+                   "(digits 0-5/6-7/8-9 x 4 rotations)")
+    task_type = "classification"
+    default_alpha = 0.5
+    param_help = {
+        "ways": "classes per task (N-way)",
+        "shots": "support images per class",
+        "query_shots": "query images per class",
+        "rotations": "classes are digit x rotation (4x more classes)",
+        "model": "mlp or conv",
+        "hidden": "hidden width of the MLP",
+    }
+
+    def __init__(self, ways: int = 5, shots: int = 1, query_shots: int = 15,
+                 rotations: bool = True, model: str = "mlp", hidden: int = 64) -> None:
+        if not isinstance(rotations, bool):
+            raise ConfigError("rotations", rotations, "true or false")
+        self.rotations = rotations
+        n_rot = 4 if rotations else 1
+        smallest = min(len(d) for d in SPLIT_DIGITS.values()) * n_rot
+        try:
+            self.ways = check_int("ways", ways, minimum=2, maximum=smallest)
+        except ConfigError:
+            raise ConfigError("ways", ways, f"an integer in [2, {smallest}] (the classes of the "
+                              f"smallest split{'' if rotations else ' without rotations'})") from None
+        images, labels = _images()
+        per_class = int(np.bincount(labels).min())
+        self.shots, self.query_shots = check_shots(self.name, shots, query_shots, per_class,
+                                                   per="class")
+        self.model = check_choice("model", model, ("mlp", "conv"))
+        self.hidden = check_int("hidden", hidden)
+        self._by_digit = {d: np.flatnonzero(labels == d) for d in range(10)}
+        self._classes = {
+            split: np.array([d * 4 + r for d in SPLIT_DIGITS[split] for r in range(n_rot)])
+            for split in SPLITS
+        }
+
+    def classes_of(self, split: str) -> np.ndarray:
+        """Global class ids (digit * 4 + rotation) available to ``split``."""
+        return self._classes[split]
+
+    def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        images, _ = _images()
+        n = self.shots + self.query_shots
+        pool = self._classes[split]
+        sx = np.empty((n_tasks, self.ways, self.shots, 64), np.float32)
+        qx = np.empty((n_tasks, self.ways, self.query_shots, 64), np.float32)
+        classes = np.empty((n_tasks, self.ways), np.int64)
+        for t in range(n_tasks):
+            chosen = rng.choice(pool, size=self.ways, replace=False)
+            classes[t] = chosen
+            for label, cls in enumerate(chosen):
+                digit, rot = divmod(int(cls), 4)
+                idx = rng.choice(self._by_digit[digit], size=n, replace=False)
+                img = np.rot90(images[idx], k=rot, axes=(1, 2)).reshape(n, 64)
+                sx[t, label], qx[t, label] = img[: self.shots], img[self.shots:]
+        labels = np.arange(self.ways)
+        return {
+            "support_x": sx.reshape(n_tasks, -1, 64),
+            "support_y": np.tile(np.repeat(labels, self.shots), (n_tasks, 1)),
+            "query_x": qx.reshape(n_tasks, -1, 64),
+            "query_y": np.tile(np.repeat(labels, self.query_shots), (n_tasks, 1)),
+            "classes": classes,
+        }
+
+    def make_model(self, generator: torch.Generator) -> nn.Module:
+        if self.model == "conv":
+            return ConvNet(8, self.n_outputs, generator)
+        return MLP(64, (self.hidden, self.hidden), self.n_outputs, generator)

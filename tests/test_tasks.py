@@ -1,0 +1,158 @@
+"""The contract every task family passes, and family-specific checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gabench import ConfigError
+from gabench.tasks import (
+    FAMILIES,
+    BookBinary,
+    Digits,
+    OutlierTasks,
+    Sine,
+    init_generator,
+    make_family,
+    task_rng,
+)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+class TestFamilyContract:
+    """What every family must do."""
+
+    def test_shapes_and_dtypes(self, name):
+        fam = FAMILIES[name]()
+        b = fam.sample(3, "train", task_rng(0, name, "train"))
+        per = fam.ways if fam.task_type == "classification" and not isinstance(fam, BookBinary) \
+            and name != "linear-binary" else 1
+        assert b.support_x.shape[:2] == (3, fam.shots * per)
+        assert b.query_x.shape[:2] == (3, fam.query_shots * per)
+        assert b.support_y.shape == b.support_x.shape[:2]
+        assert b.query_y.shape == b.query_x.shape[:2]
+        assert b.support_x.dtype == torch.float32 and b.corrupted.shape == (3,)
+        if fam.task_type == "classification":
+            assert b.support_y.dtype == torch.long
+            assert set(b.support_y.unique().tolist()) <= set(range(fam.ways))
+        else:
+            assert b.support_y.dtype == torch.float32
+        out = fam.make_model(init_generator(0, name))(b.support_x[0])
+        assert out.shape == (b.support_x.shape[1], fam.n_outputs)
+        assert torch.isfinite(fam.loss(out, b.support_y[0]))
+
+    def test_same_seed_same_tasks_and_model(self, name):
+        fam = FAMILIES[name]()
+        a = fam.sample(2, "train", task_rng(5, name, "train"))
+        b = fam.sample(2, "train", task_rng(5, name, "train"))
+        c = fam.sample(2, "train", task_rng(6, name, "train"))
+        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
+        assert not torch.equal(a.support_x, c.support_x)
+        m1, m2 = fam.make_model(init_generator(5, name)), fam.make_model(init_generator(5, name))
+        for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
+            assert torch.equal(p, q)
+
+    def test_splits_are_disjoint(self, name):
+        fam = FAMILIES[name]()
+        batches = {s: fam.sample(20, s, task_rng(0, name, s)) for s in ("train", "val", "test")}
+        if batches["train"].classes is not None:
+            sets = {s: set(b.classes.flatten().tolist()) for s, b in batches.items()}
+            assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"]
+            assert not sets["val"] & sets["test"]
+        else:
+            rows = {s: {tuple(r) for r in b.query_x.reshape(-1, b.query_x.shape[-1]).tolist()}
+                    for s, b in batches.items()}
+            assert not rows["train"] & rows["test"] and not rows["train"] & rows["val"]
+
+    def test_no_global_rng(self, name, rng_guard):
+        fam = FAMILIES[name]()
+        fam.sample(2, "train", task_rng(0, name, "train"))
+        fam.make_model(init_generator(0, name))
+        assert rng_guard.unchanged()
+
+    def test_unknown_parameter_is_named(self, name):
+        with pytest.raises(ConfigError, match=f"{name}.bogus"):
+            make_family(name, {"bogus": 1})
+
+    def test_impossible_shots(self, name):
+        with pytest.raises(ConfigError, match="shots"):
+            FAMILIES[name](shots=0)
+
+
+def test_book_binary_is_the_textbook_sampler():
+    fam = BookBinary()
+    b = fam.sample(400, "train", task_rng(0, "book-binary", "train"))
+    assert b.support_x.shape == (400, 10, 50)
+    assert b.support_x.min() >= 0 and b.support_x.max() < 1
+    y = b.support_y.double()
+    assert set(y.unique().tolist()) == {0.0, 1.0}
+    assert abs(y.mean().item() - 0.5) < 0.02
+    # labels independent of x: correlation of every feature with the label is ~0
+    x = b.support_x.reshape(-1, 50).double()
+    yc = y.reshape(-1) - y.mean()
+    corr = (x - x.mean(0)).T @ yc / (x.std(0) * yc.std() * yc.numel())
+    assert corr.abs().max() < 4 / math.sqrt(yc.numel())
+    model = fam.make_model(init_generator(0, "book-binary"))
+    assert [p.shape for p in model.parameters()] == [torch.Size([50, 1])]  # no bias
+    assert 0.5 < model.theta.std().item() < 1.5  # N(0, 1)
+
+
+def test_sine_ranges():
+    b = Sine().sample(500, "train", task_rng(0, "sine", "train"))
+    assert b.support_x.min() >= -5 and b.support_x.max() <= 5
+    assert b.support_y.abs().max() <= 5
+
+
+def test_digits_classes_and_shot_limit():
+    fam = Digits(ways=5, shots=1)
+    assert set(fam.classes_of("train")) & set(fam.classes_of("test")) == set()
+    with pytest.raises(ConfigError, match="ways=9"):
+        Digits(ways=9)
+    with pytest.raises(ConfigError, match="ways=3"):
+        Digits(ways=3, rotations=False)
+    with pytest.raises(ConfigError, match="shots=170"):
+        Digits(shots=170)
+
+
+@pytest.mark.parametrize("name,mode", [("sine", "shuffle"), ("sine", "negate"),
+                                       ("linear-binary", "flip"), ("digits", "shuffle")])
+def test_outlier_tasks(name, mode):
+    base = FAMILIES[name]()
+    fam = OutlierTasks(base, 0.25, mode)
+    clean = base.sample(8, "train", task_rng(0, name, "train"))
+    dirty = fam.sample(8, "train", task_rng(0, name, "train"))
+    assert dirty.corrupted.sum().item() == 2
+    assert torch.equal(clean.support_x, dirty.support_x)  # same tasks, only targets change
+    changed = (clean.support_y != dirty.support_y).any(1) | (clean.query_y != dirty.query_y).any(1)
+    assert not changed[~dirty.corrupted].any()
+    assert changed[dirty.corrupted].all()
+    # the stream after the batch is the clean stream: later batches are paired too
+    r1, r2 = task_rng(0, name, "train"), task_rng(0, name, "train")
+    base.sample(8, "train", r1)
+    fam.sample(8, "train", r2)
+    assert torch.equal(base.sample(4, "train", r1).support_x, fam.sample(4, "train", r2).support_x)
+    # evaluation splits are never corrupted
+    assert not fam.sample(8, "test", task_rng(0, name, "test")).corrupted.any()
+
+
+def test_outlier_mode_must_fit_the_family():
+    with pytest.raises(ConfigError, match="outlier_mode='negate'"):
+        OutlierTasks(Digits(), 0.1, "negate")
+    with pytest.raises(ConfigError, match="outlier_fraction"):
+        OutlierTasks(Sine(), 1.5)
+
+
+def test_unknown_family():
+    with pytest.raises(ConfigError, match="family='nope'.*sine"):
+        make_family("nope")
+
+
+def test_string_parameters_are_converted():
+    fam = make_family("digits", {"rotations": "false", "ways": "2", "model": "conv"})
+    assert fam.rotations is False and fam.ways == 2 and fam.model == "conv"
+    with pytest.raises(ConfigError, match="digits.ways"):
+        make_family("digits", {"ways": "five"})
+    assert np.isclose(make_family("sine", {"amp_max": "2.5"}).amp_max, 2.5)

@@ -1,0 +1,115 @@
+"""The trainer and the algorithm contract: shapes, determinism, result tables, RNG hygiene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gabench.aggregators import AGGREGATORS
+from gabench.algorithms import ALGORITHMS, MAML, Learner
+from gabench.config import RunConfig
+from gabench.results import RESULT_COLUMNS, WEIGHT_COLUMNS
+from gabench.tasks import Sine, init_generator, task_rng
+from gabench.trainer import Callback, DivergedError, Trainer
+
+SMALL = {"steps": 6, "meta_batch": 4, "test_tasks": 10, "val_tasks": 5, "eval_every": 3}
+
+
+@pytest.mark.parametrize("algorithm,first_order", [("maml", False), ("maml", True),
+                                                   ("reptile", False)])
+@pytest.mark.parametrize("aggregator", list(AGGREGATORS))
+class TestAlgorithmContract:
+    """Every algorithm x aggregator pair."""
+
+    def test_step(self, algorithm, first_order, aggregator, rng_guard):
+        fam = Sine()
+        model = fam.make_model(init_generator(0, "sine"))
+        params = dict(model.named_parameters())
+        alg = MAML(0.01, 2, first_order) if algorithm == "maml" else ALGORITHMS[algorithm](0.01, 2)
+        batch = fam.sample(5, "train", task_rng(0, "sine", "train"))
+        res = alg.step(Learner(model, fam.loss), params, batch, AGGREGATORS[aggregator]())
+        assert set(res.direction) == set(params)
+        for k, p in params.items():
+            assert res.direction[k].shape == p.shape and torch.isfinite(res.direction[k]).all()
+        assert res.weights.shape == res.support_loss.shape == res.query_loss.shape == (5,)
+        assert not res.query_loss.requires_grad
+        assert rng_guard.unchanged()
+
+    def test_run_is_deterministic(self, algorithm, first_order, aggregator):
+        cfg = RunConfig(family="linear-binary", algorithm=algorithm, first_order=first_order,
+                        aggregator=aggregator, **SMALL)
+        a = Trainer.from_config(cfg, progress=False).fit()
+        b = Trainer.from_config(cfg, progress=False).fit()
+        drop = lambda df: df[df.metric != "wall_seconds"].reset_index(drop=True)  # noqa: E731
+        pd.testing.assert_frame_equal(drop(a.results), drop(b.results))
+        pd.testing.assert_frame_equal(a.weights, b.weights)
+
+
+def test_result_tables():
+    cfg = RunConfig(family="digits", aggregator="ga", outlier_fraction=0.5, **SMALL)
+    seen = []
+
+    class Record(Callback):
+        def on_eval(self, step, split, summary):
+            seen.append((step, split, sorted(summary)))
+
+    r = Trainer.from_config(cfg, callbacks=[Record()], progress=False).fit()
+    assert list(r.results.columns) == list(RESULT_COLUMNS)
+    assert list(r.weights.columns) == list(WEIGHT_COLUMNS)
+    res = r.results
+    assert set(res.split) == {"train", "val", "test"}
+    assert (res.run == "digits__maml__ga__s0").all() and (res.method == "maml+ga").all()
+    train = res[res.split == "train"]
+    for m in ("query_loss", "support_loss", "w_min", "w_max", "w_frac_negative", "w_eff_n",
+              "w_mean_corrupted", "w_mean_clean"):
+        assert sorted(train[train.metric == m].step) == list(range(1, 7)), m
+    assert sorted(res[res.split == "val"].step.unique()) == [0, 3, 6]
+    test = res[res.split == "test"].set_index("metric")
+    assert set(test.index) == {"loss_pre", "loss_post", "acc_pre", "acc_post"}
+    assert (test.n == 10).all() and (test.ci_low <= test.value).all()
+    assert [s for s in seen if s[1] == "test"] == [(6, "test", sorted(test.index))]
+    # weights: T per step, 2 of 4 tasks corrupted in every batch, L1 norm 1 (ga)
+    w = r.weights
+    assert len(w) == 6 * 4
+    assert (w.groupby("step").corrupted.sum() == 2).all()
+    np.testing.assert_allclose(w.groupby("step").weight.apply(lambda v: v.abs().sum()), 1.0)
+
+
+def test_regression_has_no_accuracy_and_test_set_is_paired():
+    a = Trainer.from_config(RunConfig(family="sine", **SMALL), progress=False)
+    b = Trainer.from_config(RunConfig(family="sine", algorithm="reptile", aggregator="ga",
+                                      **SMALL), progress=False)
+    ta, tb = a._eval_batches("test", 10), b._eval_batches("test", 10)
+    assert torch.equal(ta[0].support_x, tb[0].support_x)  # same held-out tasks for both methods
+    r = a.fit()
+    assert not r.results.metric.str.startswith("acc").any()
+
+
+def test_meta_test_tasks_default_to_600():
+    tr = Trainer.from_config(RunConfig(family="linear-binary", steps=0), progress=False)
+    assert tr.test_tasks == 600
+    r = tr.fit()
+    assert r.test["acc_post"].n == 600
+
+
+def test_divergence_is_reported():
+    cfg = RunConfig(family="sine", alpha=50.0, beta=10.0, optimizer="sgd", steps=60,
+                    meta_batch=4, test_tasks=5)
+    with pytest.raises(DivergedError, match="diverged"):
+        Trainer.from_config(cfg, progress=False).fit()
+
+
+def test_train_metrics_reach_callbacks_in_blocks():
+    blocks = []
+
+    class Record(Callback):
+        def on_train_log(self, steps, metrics):
+            blocks.append((steps.tolist(), len(metrics["query_loss"])))
+
+    cfg = RunConfig(family="sine", steps=7, meta_batch=3, test_tasks=4)
+    tr = Trainer.from_config(cfg, callbacks=[Record()], progress=False)
+    tr.log_every = 3
+    tr.fit()
+    assert [b[0] for b in blocks] == [[1, 2, 3], [4, 5, 6], [7]]
