@@ -131,16 +131,89 @@ def print_summary(result: RunResult, out: Path | None = None, file: Any = None) 
               file=file)
 
 
+def add_tracking_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking (MLflow)")
+    g.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+                        "in the working directory)")
+    g.add_argument("--experiment", default="gabench", help="MLflow experiment name (gabench)")
+    g.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+
+def tracking_uri_from_args(args: argparse.Namespace) -> str | None:
+    """The checked tracking URI, or None with --no-tracking (fails before any training)."""
+    if args.no_tracking:
+        return None
+    from gabench.tracking import check_tracking_uri, default_tracking_uri
+
+    return check_tracking_uri(args.tracking_uri or default_tracking_uri())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gabench.trainer import Trainer
 
     config = config_from_args(args)
     out = Path(args.out) if args.out else _default_out(config)
     prepare_out_dir(out, args.overwrite)
-    trainer = Trainer.from_config(config, progress=False if args.no_progress else None)
-    result = trainer.fit()
+    tracking_uri = tracking_uri_from_args(args)
+    callbacks = []
+    tracker = None
+    if tracking_uri is not None:
+        from gabench.tracking import MLflowTracker
+
+        tracker = MLflowTracker(tracking_uri, args.experiment)
+        callbacks.append(tracker)
+    trainer = Trainer.from_config(config, callbacks, progress=False if args.no_progress else None)
+    try:
+        result = trainer.fit()
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.fail(f"{type(exc).__name__}: {exc}",
+                         "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     written = write_run(out, result, args.overwrite)
     print_summary(result, written)
+    if tracker is not None:
+        print(f"tracked in MLflow run {tracker.run_id} ({tracking_uri}, experiment "
+              f"{args.experiment!r}; tracking took {tracker.seconds:.2f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------- tune
+def cmd_tune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from gabench.config import parse_method
+    from gabench.tuning import TuneConfig, tune
+
+    base = config_from_args(args)
+    if args.eval_every == 0:
+        base = dataclasses.replace(base, eval_every=max(1, base.steps // 5))
+    methods = ([m for m in args.methods.split(",") if m.strip()] if args.methods
+               else [base.method])
+    configs = [dataclasses.replace(base, **parse_method(m, "--methods")).validate() for m in methods]
+    storage = args.storage or ("journal:optuna.journal" if args.workers > 1 else "sqlite:///optuna.db")
+    prefix = args.study_name or base.family
+    tracking_uri = tracking_uri_from_args(args)
+    tcs = []
+    for cfg in configs:
+        name = prefix if (args.study_name and not args.methods) else f"{prefix}__{cfg.method}"
+        tcs.append(TuneConfig(
+            base=cfg, study_name=name, storage=storage, trials=args.trials, timeout=args.timeout,
+            workers=args.workers, alpha_range=tuple(args.alpha_range),
+            beta_range=tuple(args.beta_range),
+            inner_steps_range=tuple(args.tune_inner_steps) if args.tune_inner_steps else None,
+            meta_batch_range=tuple(args.tune_meta_batch) if args.tune_meta_batch else None,
+            objective=args.objective, sampler_seed=args.sampler_seed, tracking_uri=tracking_uri,
+            experiment=args.experiment, out=Path(args.out) / name,
+        ).validate())
+    if len(tcs) > 1:
+        print(f"tuning {len(tcs)} methods with the same budget ({args.trials} trials"
+              f"{f', {args.timeout} s' if args.timeout else ''}), sampler seed and task seeds: "
+              + ", ".join(tc.base.method for tc in tcs))
+    for tc in tcs:
+        tune(tc)
+        print(f"[{tc.study_name}] trials.csv, best.json and plots in {tc.out}/")
     return 0
 
 
@@ -163,13 +236,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default runs/<run name>)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tracking_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tune", help="tune alpha and beta with Optuna",
+                       description="Tune the inner and outer learning rates (log-uniform; "
+                       "optionally inner steps and meta-batch) of one or several methods with "
+                       "Optuna, minimising the meta-validation loss (or maximising accuracy). "
+                       "Re-running the same command resumes the study.")
+    add_run_options(p)
+    g = p.add_argument_group("tuning (Optuna)")
+    g.add_argument("--methods", help="comma-separated methods tuned with equal budgets, e.g. "
+                   "maml,maml+ga,reptile,reptile+ga (default: --algorithm/--aggregator)")
+    g.add_argument("--trials", type=int, default=20,
+                   help="finished trials each study should hold (20); a resumed study runs the rest")
+    g.add_argument("--timeout", type=float, default=None, help="seconds per worker (no limit)")
+    g.add_argument("--storage", default=None,
+                   help="Optuna storage: sqlite:///PATH (default sqlite:///optuna.db), "
+                        "postgresql://USER:PASS@HOST/DB, or journal:PATH (default with --workers > 1)")
+    g.add_argument("--study-name", default=None,
+                   help="study name (default FAMILY__METHOD; with --methods a prefix)")
+    g.add_argument("--workers", type=int, default=1, help="local worker processes on the study")
+    g.add_argument("--alpha-range", type=float, nargs=2, default=(1e-3, 1.0), metavar=("LOW", "HIGH"))
+    g.add_argument("--beta-range", type=float, nargs=2, default=(1e-4, 1e-1), metavar=("LOW", "HIGH"))
+    g.add_argument("--tune-inner-steps", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                   help="also tune the number of inner steps")
+    g.add_argument("--tune-meta-batch", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                   help="also tune the meta-batch size (log scale)")
+    g.add_argument("--objective", default="loss",
+                   help="loss (minimise val query loss) or acc (maximise val accuracy)")
+    g.add_argument("--sampler-seed", type=int, default=0)
+    g.add_argument("--out", default="tuning", help="where each study's trials.csv, best.json "
+                   "and plots go (tuning/<study>/)")
+    add_tracking_options(p)
+    p.set_defaults(func=cmd_tune, experiment="gabench-tuning", no_progress=True)
+
+
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     prog = f"gabench {args.command}"
     try:

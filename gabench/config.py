@@ -151,6 +151,21 @@ class RunConfig:
         return cls(**data)
 
 
+def parse_method(method: str, param: str = "method") -> dict[str, Any]:
+    """``maml``, ``fomaml`` or ``reptile``, optionally ``+AGGREGATOR`` -> RunConfig fields.
+
+    >>> parse_method("fomaml+ga")
+    {'algorithm': 'maml', 'first_order': True, 'aggregator': 'ga'}
+    """
+    algo, _, aggregator = method.strip().partition("+")
+    aggregator = aggregator or "mean"
+    allowed = "maml, fomaml or reptile, optionally +" + "/+".join(AGGREGATORS)
+    if algo not in (*ALGORITHMS, "fomaml") or aggregator not in AGGREGATORS:
+        raise ConfigError(param, method, allowed)
+    return {"algorithm": "maml" if algo == "fomaml" else algo, "first_order": algo == "fomaml",
+            "aggregator": aggregator}
+
+
 def resolve_device(device: str) -> torch.device:
     """``torch.device`` for ``device``; an error naming it when it is unknown or unavailable."""
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from gabench.cli import main
 
-FAST = ["--steps", "4", "--meta-batch", "3", "--test-tasks", "8", "--no-progress"]
+FAST = ["--steps", "4", "--meta-batch", "3", "--test-tasks", "8", "--no-progress", "--no-tracking"]
 
 
 def test_list_names_everything(capsys):
