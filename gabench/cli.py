@@ -271,7 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking_options(p)
     p.set_defaults(func=cmd_tune, experiment="gabench-tuning", no_progress=True)
 
+    from gabench.book import add_book_parser
+    from gabench.compare import add_compare_parser
+    from gabench.regression import add_regression_parser
+    from gabench.reporting import add_report_parser
 
+    add_compare_parser(sub)
+    add_report_parser(sub)
+    add_book_parser(sub)
+    add_regression_parser(sub)
     return parser
 
 

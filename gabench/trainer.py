@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from gabench._errors import check_int
 from gabench.aggregators import Aggregator, weight_stats
-from gabench.algorithms import Algorithm, Learner
+from gabench.algorithms import Algorithm, Learner, StepResult
 from gabench.config import RunConfig, resolve_device
 from gabench.results import RESULT_COLUMNS, WEIGHT_COLUMNS, RunResult, Summary
 from gabench.tasks import OutlierTasks, TaskBatch, TaskFamily, init_generator, task_rng
@@ -75,6 +76,13 @@ class Trainer:
         run_info: Identification columns written on every result row.
         config: The full run configuration, recorded in the result.
         log_every: Steps between flushes of the training metrics to callbacks.
+        fast_path: Use the batched fast path of :class:`~gabench.algorithms.FastMLP` where the
+            model and loss allow it (same numbers as the general vmap path, several times
+            faster); False forces the general path.
+        num_threads: Torch intra-op CPU threads while :meth:`fit` runs on a CPU device (the
+            previous setting is restored afterwards); None leaves torch's setting. The default
+            1 is much faster for gabench's small kernels: on a 2-core machine that other
+            processes also use, two spinning OpenMP threads made meta-training 10-25x slower.
     """
 
     def __init__(self, family: TaskFamily, algorithm: Algorithm, aggregator: Aggregator, *,
@@ -84,7 +92,7 @@ class Trainer:
                  eval_inner_steps: int | None = None, device: str | torch.device = "cpu",
                  callbacks: Sequence[Callback] = (), progress: bool | None = None,
                  run_info: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-                 log_every: int = 50) -> None:
+                 log_every: int = 50, fast_path: bool = True, num_threads: int | None = 1) -> None:
         self.family, self.algorithm, self.aggregator = family, algorithm, aggregator
         self.beta, self.optimizer_name = beta, optimizer
         self.meta_batch, self.steps, self.seed = meta_batch, steps, seed
@@ -97,19 +105,28 @@ class Trainer:
         self.run_info = dict(run_info or {})
         self.config = dict(config or {})
         self.log_every = log_every
+        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads)
         self.outliers = isinstance(family, OutlierTasks) and family.fraction > 0
         self.model = family.make_model(init_generator(seed, family.name)).to(self.device)
-        self.learner = Learner(self.model, family.loss, family.accuracy)
+        self.learner = Learner(self.model, family.loss, family.accuracy,
+                               loss_kind=family_loss_kind(family), fast_path=fast_path)
         self.params = dict(self.model.named_parameters())
+        # The parameters are views into one flat buffer, which the optimizer updates: the outer
+        # step is one (fused) optimizer call on one tensor instead of a dozen small ops per
+        # parameter. The model, its parameters and state_dict behave as before.
+        self.flat_params = _share_flat_buffer(list(self.params.values()))
         if optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(self.model.parameters(), lr=beta)
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.flat_params], lr=beta,
+                                                                     fused=True)
         else:
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=beta)
+            self.optimizer = torch.optim.SGD([self.flat_params], lr=beta)
 
     @classmethod
     def from_config(cls, config: RunConfig, callbacks: Sequence[Callback] = (),
-                    progress: bool | None = None) -> Trainer:
-        """Validate ``config`` and build the trainer it describes."""
+                    progress: bool | None = None, *, fast_path: bool = True,
+                    num_threads: int | None = 1) -> Trainer:
+        """Validate ``config`` and build the trainer it describes (``fast_path``, ``num_threads``:
+        see the class)."""
         config.validate()
         return cls(
             config.build_family(), config.build_algorithm(), config.build_aggregator(),
@@ -124,7 +141,7 @@ class Trainer:
                 "first_order": config.first_order, "seed": config.seed,
                 "outlier_fraction": config.outlier_fraction,
             },
-            config=config.to_dict(),
+            config=config.to_dict(), fast_path=fast_path, num_threads=num_threads,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -146,8 +163,33 @@ class Trainer:
         return summary
 
     # ------------------------------------------------------------------ training
+    def train_step(self, batch: TaskBatch) -> StepResult:
+        """One meta-iteration on ``batch``: adapt, weight, outer step (the body of :meth:`fit`).
+
+        Args:
+            batch: A meta-batch of ``meta_batch`` tasks (moved to the trainer's device here).
+
+        Returns:
+            What the algorithm computed; the parameters have been updated.
+        """
+        if batch.support_x.device != self.device:
+            batch = batch.to(self.device)
+        res = self.algorithm.step(self.learner, self.params, batch, self.aggregator)
+        self.flat_params.grad = torch.cat([res.direction[k].reshape(-1) for k in self.params])
+        self.optimizer.step()
+        return res
+
     def fit(self) -> RunResult:
         """Meta-train for ``steps`` iterations, then meta-test; returns all result rows."""
+        previous = torch.get_num_threads()
+        if self.num_threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(self.num_threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(previous)
+
+    def _fit(self) -> RunResult:
         for cb in self.callbacks:
             cb.on_start(self)
         T = self.meta_batch
@@ -160,19 +202,21 @@ class Trainer:
         train_log = torch.empty(self.steps, len(stat_names), dtype=torch.float64)
         weight_log = torch.empty(self.steps, T, dtype=torch.float64)
         corrupt_log = torch.zeros(self.steps, T, dtype=torch.bool)
-        pending: list[torch.Tensor] = []
-        pending_w: list[torch.Tensor] = []
-        pending_c: list[torch.Tensor] = []
+        # Per step only references are kept; statistics are computed for a block of steps at a
+        # flush (a few ops per block instead of a dozen small ops per step).
+        pending: list[tuple[torch.Tensor, ...]] = []
         flushed = 0
 
         def flush(upto: int) -> None:
-            nonlocal flushed, pending, pending_w, pending_c
+            nonlocal flushed, pending
             if not pending:
                 return
-            block = torch.stack(pending).double().cpu()
+            support, query, weights, corrupted = (torch.stack(v) for v in zip(*pending, strict=True))
+            ws = weight_stats(weights, corrupted.to(weights.device) if self.outliers else None)
+            block = torch.stack([support.mean(-1), query.mean(-1), *ws.values()], dim=1).double().cpu()
             train_log[flushed:upto] = block
-            weight_log[flushed:upto] = torch.stack(pending_w).double().cpu()
-            corrupt_log[flushed:upto] = torch.stack(pending_c).cpu()
+            weight_log[flushed:upto] = weights.double().cpu()
+            corrupt_log[flushed:upto] = corrupted.cpu()
             bad = ~torch.isfinite(block[:, :2])
             if bool(bad.any()):
                 i, j = (int(v) for v in bad.nonzero()[0])
@@ -181,7 +225,7 @@ class Trainer:
             metrics = {name: block[:, j].numpy() for j, name in enumerate(stat_names)}
             for cb in self.callbacks:
                 cb.on_train_log(steps, metrics)
-            pending, pending_w, pending_c = [], [], []
+            pending = []
             flushed = upto
             bar.set_postfix(query_loss=f"{float(block[-1, 1]):.4f}", refresh=False)
 
@@ -198,16 +242,9 @@ class Trainer:
         if self.eval_every:
             validate(0)
         for step in range(1, self.steps + 1):
-            batch = self.family.sample(T, "train", train_rng).to(self.device)
-            res = self.algorithm.step(self.learner, self.params, batch, self.aggregator)
-            for name, p in self.params.items():
-                p.grad = res.direction[name]
-            self.optimizer.step()
-            ws = weight_stats(res.weights, batch.corrupted if self.outliers else None)
-            pending.append(torch.stack([res.support_loss.mean(), res.query_loss.mean(),
-                                        *ws.values()]))
-            pending_w.append(res.weights)
-            pending_c.append(batch.corrupted)
+            batch = self.family.sample(T, "train", train_rng)
+            res = self.train_step(batch)
+            pending.append((res.support_loss, res.query_loss, res.weights, batch.corrupted))
             bar.update(1)
             if step % self.log_every == 0 or step == self.steps:
                 flush(step)
@@ -265,3 +302,33 @@ class Trainer:
             "corrupted": corrupt_log.reshape(-1).numpy(),
             "weight": weight_log.reshape(-1).numpy(),
         })[list(WEIGHT_COLUMNS)]
+
+
+def family_loss_kind(family: TaskFamily) -> str | None:
+    """Which standard loss :meth:`TaskFamily.loss` computes for ``family`` (see
+    :data:`~gabench.algorithms.LOSS_KINDS`), or None when the family defines its own loss.
+
+    This is what lets the trainer's :class:`~gabench.algorithms.Learner` take the fast path.
+    """
+    base = family.base if isinstance(family, OutlierTasks) else family
+    if type(base).loss is not TaskFamily.loss:
+        return None
+    if family.task_type == "regression":
+        return "mse"
+    return "bce" if family.n_outputs == 1 else "ce"
+
+
+def _share_flat_buffer(params: list[torch.Tensor]) -> torch.nn.Parameter:
+    """Move ``params`` into one flat buffer (each becomes a view of it) and return the buffer.
+
+    The parameters stay leaf ``nn.Parameter`` objects with their values; an in-place update of
+    the returned buffer (what the optimizer does) updates all of them.
+    """
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.data = flat[offset:offset + n].view_as(p)
+            offset += n
+    return torch.nn.Parameter(flat)

@@ -53,25 +53,27 @@ def uniform(G: torch.Tensor) -> torch.Tensor:
 
 
 def weight_stats(w: torch.Tensor, corrupted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Summary statistics of one weight vector (tensors, so no device sync is forced).
+    """Summary statistics of weight vectors (tensors, so no device sync is forced).
 
     Args:
-        w: Tensor of shape (n_tasks,).
-        corrupted: Optional bool tensor of shape (n_tasks,) marking outlier tasks.
+        w: Tensor of shape (n_tasks,), or (n_steps, n_tasks) for one vector per row (the
+            trainer summarises a block of steps at once).
+        corrupted: Optional bool tensor of the shape of ``w`` marking outlier tasks.
 
     Returns:
         ``w_min``, ``w_max``, ``w_frac_negative``, ``w_eff_n`` (effective number of tasks,
         ``(sum |w|)^2 / sum w^2``: T for uniform weights, 1 when one task takes all), and when
-        ``corrupted`` is given, ``w_mean_corrupted`` and ``w_mean_clean`` (NaN for an empty group).
+        ``corrupted`` is given, ``w_mean_corrupted`` and ``w_mean_clean`` (NaN for an empty group);
+        each of shape ``w.shape[:-1]`` (a scalar for one vector).
     """
     stats = {
-        "w_min": w.min(),
-        "w_max": w.max(),
-        "w_frac_negative": (w < 0).to(w.dtype).mean(),
-        "w_eff_n": w.abs().sum() ** 2 / (w * w).sum().clamp_min(torch.finfo(w.dtype).tiny),
+        "w_min": w.amin(-1),
+        "w_max": w.amax(-1),
+        "w_frac_negative": (w < 0).to(w.dtype).mean(-1),
+        "w_eff_n": w.abs().sum(-1) ** 2 / (w * w).sum(-1).clamp_min(torch.finfo(w.dtype).tiny),
     }
     if corrupted is not None:
         c = corrupted.to(w.dtype)
-        stats["w_mean_corrupted"] = (w * c).sum() / c.sum()
-        stats["w_mean_clean"] = (w * (1 - c)).sum() / (1 - c).sum()
+        stats["w_mean_corrupted"] = (w * c).sum(-1) / c.sum(-1)
+        stats["w_mean_clean"] = (w * (1 - c)).sum(-1) / (1 - c).sum(-1)
     return stats

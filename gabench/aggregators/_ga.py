@@ -8,7 +8,14 @@ from gabench.aggregators._base import Aggregator, _check_matrix, uniform
 
 
 def _normalise(s: torch.Tensor, norm: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """``s / norm``, or uniform weights where ``norm`` is 0 (no division by zero, no branch)."""
+    """``s / norm``, or uniform weights where ``norm`` is 0 (never a division by zero).
+
+    On the CPU the test is a Python branch (reading a CPU scalar costs nothing, and two small
+    ops instead of five matter for small meta-batches); elsewhere it is a ``where``, so that no
+    device synchronisation is forced.
+    """
+    if norm.device.type == "cpu":
+        return s / norm if float(norm) > 0 else uniform(G)
     safe = norm.clamp_min(torch.finfo(s.dtype).tiny)
     return torch.where(norm > 0, s / safe, uniform(G))
 
@@ -32,8 +39,8 @@ class GradientAgreement(Aggregator):
 
     def weights(self, G: torch.Tensor) -> torch.Tensor:
         _check_matrix(G)
-        s = G @ G.sum(dim=0)
-        return _normalise(s, s.abs().sum(), G)
+        s = torch.mv(G, G.sum(dim=0))
+        return _normalise(s, torch.linalg.vector_norm(s, ord=1), G)
 
 
 class GradientAgreementBook(Aggregator):

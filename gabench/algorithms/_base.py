@@ -1,8 +1,10 @@
 """The algorithm plug-in kind: an inner loop and what each task contributes to the outer step.
 
-All per-task work is batched over the tasks of a meta-batch with ``torch.func.vmap`` (one
-vectorised call per inner step, no Python loop over tasks); second-order terms flow through
-``torch.func.grad`` into ordinary autograd.
+All per-task work is batched over the tasks of a meta-batch (no Python loop over tasks): one
+call of :meth:`Learner.batch_grad` per inner step. The general implementation is
+``torch.func.vmap`` of ``grad_and_value``, whose second-order terms flow into ordinary autograd;
+fully connected models take the fast path of :mod:`gabench.algorithms._batched` (batched matrix
+products, same numbers).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from gabench._errors import check_int, check_positive
 from gabench.aggregators import Aggregator
+from gabench.algorithms._batched import FastMLP
 from gabench.tasks import TaskBatch
 
 Params = dict[str, torch.Tensor]
@@ -25,19 +28,36 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Learner:
-    """A functional view of a model and its per-task loss.
+    """A functional view of a model and its per-task loss, evaluated for all tasks at once.
+
+    The batched methods (:meth:`batch_grad`, :meth:`batch_loss`, :meth:`batch_weighted_grad`,
+    :meth:`batch_metrics`) are what the algorithms call. Their general implementation is
+    ``torch.func.vmap`` over the one-task functions (:meth:`task_loss`); for the fully connected
+    models with a known loss (``loss_kind``) they use :class:`~gabench.algorithms.FastMLP`
+    instead, which gives the same numbers with batched matrix products.
 
     Args:
         model: The network; its parameters are only read for their names and shapes here.
         loss_fn: ``loss_fn(pred, y)`` for one task: pred of shape (K, out), y of shape (K,).
         accuracy_fn: Optional ``accuracy_fn(pred, y)`` for one task (classification).
+        loss_kind: Which standard loss ``loss_fn`` is (``"mse"``, ``"bce"``, ``"ce"``, see
+            :data:`~gabench.algorithms.LOSS_KINDS`), or None. Declaring it lets the fast path
+            compute loss gradients in closed form; the fast path is used only with it.
+        fast_path: Use the fast path where the model and loss support it (False: always the
+            general vmap path).
+
+    Attributes:
+        fast: The :class:`~gabench.algorithms.FastMLP` in use, or None (general path).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn,
-                 accuracy_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None):
+                 accuracy_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+                 *, loss_kind: str | None = None, fast_path: bool = True):
         self.model = model
         self.loss_fn = loss_fn
         self.accuracy_fn = accuracy_fn
+        self.loss_kind = loss_kind
+        self.fast = FastMLP.of(model, loss_kind) if fast_path else None
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Model output with ``params`` substituted for the model's parameters."""
@@ -50,10 +70,75 @@ class Learner:
     def task_loss_and_accuracy(self, params: Params, x: torch.Tensor,
                                y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and accuracy of one task (accuracy is NaN without an accuracy function)."""
-        pred = self.forward(params, x)
+        return self._metrics_of_pred(self.forward(params, x), y)
+
+    def _metrics_of_pred(self, pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         acc = self.accuracy_fn(pred, y) if self.accuracy_fn is not None else None
         loss = self.loss_fn(pred, y)
         return loss, acc if acc is not None else torch.full_like(loss, float("nan"))
+
+    # ------------------------------------------------------------------ batched over tasks
+    def batch_grad(self, params: Params, x: torch.Tensor, y: torch.Tensor, *, per_task: bool,
+                   create_graph: bool, tape: list | None = None) -> tuple[Params, torch.Tensor]:
+        """Every task's loss gradient with respect to its parameters.
+
+        Args:
+            params: Parameters shared by all tasks (``per_task=False``) or with a leading task
+                dimension (``per_task=True``).
+            x: Tensor of shape (n_tasks, K, *x_shape).
+            y: Tensor of shape (n_tasks, K).
+            per_task: Whether ``params`` have the leading task dimension.
+            create_graph: Keep the gradients differentiable (second order); otherwise they are
+                constants.
+            tape: Fast path only: a list that receives what
+                :meth:`FastMLP.maml_grad <gabench.algorithms.FastMLP.maml_grad>` needs.
+
+        Returns:
+            Gradients, each of shape (n_tasks, *param_shape), and the losses (detached), shape
+            (n_tasks,).
+        """
+        if self.fast is not None:
+            return self.fast.grad_and_loss(params, x, y, per_task=per_task, create_graph=create_graph,
+                                           tape=tape)
+        if tape is not None:
+            raise ValueError("tape is only recorded on the fast path (Learner.fast is None)")
+        grad_fn = vmap(grad_and_value(self.task_loss), in_dims=(0 if per_task else None, 0, 0))
+        grads, loss = grad_fn(params, x, y)
+        if not create_graph:
+            grads = {k: v.detach() for k, v in grads.items()}
+        return grads, loss.detach()
+
+    def batch_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, *,
+                   per_task: bool = True) -> torch.Tensor:
+        """Every task's loss, shape (n_tasks,), differentiable with respect to ``params``."""
+        if self.fast is not None:
+            return self.fast.loss(params, x, y, per_task=per_task)
+        return vmap(self.task_loss, in_dims=(0 if per_task else None, 0, 0))(params, x, y)
+
+    def batch_weighted_grad(self, params: Params, x: torch.Tensor, y: torch.Tensor,
+                            weights: torch.Tensor) -> tuple[Params, torch.Tensor]:
+        """``sum_i w_i grad L_i(params_i)`` for per-task ``params`` (constants), and the losses.
+
+        Returns:
+            The weighted gradient, each of shape param_shape, and the per-task losses (detached),
+            shape (n_tasks,).
+        """
+        if self.fast is not None:
+            return self.fast.weighted_grad_and_loss(params, x, y, weights)
+        grads, loss = self.batch_grad(params, x, y, per_task=True, create_graph=False)
+        return {k: torch.tensordot(weights, g, dims=1) for k, g in grads.items()}, loss
+
+    def batch_metrics(self, params: Params, x: torch.Tensor, y: torch.Tensor, *,
+                      per_task: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every task's loss and accuracy (NaN without an accuracy function), shapes (n_tasks,)."""
+        if self.fast is not None:
+            pred = self.fast.predict(params, x, per_task=per_task)
+            return vmap(self._metrics_of_pred)(pred, y)
+        return vmap(self.task_loss_and_accuracy, in_dims=(0 if per_task else None, 0, 0))(params, x, y)
+
+    def __repr__(self) -> str:
+        path = "fast" if self.fast is not None else "vmap"
+        return f"Learner({type(self.model).__name__}, loss_kind={self.loss_kind!r}, path={path!r})"
 
 
 @dataclass
@@ -132,33 +217,42 @@ class Algorithm(ABC):
             Adapted parameters, each of shape (n_tasks, *param_shape), and the support losses
             before adaptation, shape (n_tasks,).
         """
+        return self._inner_loop(learner, params, x, y, steps=steps, create_graph=create_graph)
+
+    def _inner_loop(self, learner: Learner, params: Params, x: torch.Tensor, y: torch.Tensor, *,
+                    steps: int | None, create_graph: bool,
+                    tape: list | None = None) -> tuple[Params, torch.Tensor]:
+        """:meth:`adapt`; ``tape`` (fast path) records each step for a hand-written backward."""
         n_steps = self.inner_steps if steps is None else steps
-        alpha = self.alpha
-        grad_fn = grad_and_value(learner.task_loss)
-
-        def one_task(p: Params, xt: torch.Tensor, yt: torch.Tensor) -> tuple[Params, torch.Tensor]:
-            first_loss = None
-            for _ in range(n_steps):
-                g, loss = grad_fn(p, xt, yt)
-                if first_loss is None:
-                    first_loss = loss
-                if not create_graph:
-                    g = {k: v.detach() for k, v in g.items()}
-                p = {k: p[k] - alpha * g[k] for k in p}
-            return p, first_loss.detach()
-
-        return vmap(one_task, in_dims=(None, 0, 0))(params, x, y)
+        p, per_task, first_loss = params, False, None
+        for _ in range(n_steps):
+            g, loss = learner.batch_grad(p, x, y, per_task=per_task, create_graph=create_graph,
+                                         tape=tape)
+            if first_loss is None:
+                first_loss = loss
+            # theta - alpha * g; on step 1 the shared (P) and per-task (T, P) broadcast
+            p = {k: torch.add(p[k], g[k], alpha=-self.alpha) for k in p}
+            per_task = True
+        return p, first_loss
 
     def step(self, learner: Learner, params: Params, batch: TaskBatch,
              aggregator: Aggregator) -> StepResult:
         """Adapt to every task of ``batch``, weight the tasks and return the outer direction."""
-        adapted, support_loss = self.adapt(learner, params, batch.support_x, batch.support_y,
-                                           create_graph=self.differentiate_inner_loop)
-        with torch.no_grad():
-            G = flatten_tasks({k: params[k].unsqueeze(0) - adapted[k] for k in params})
-            weights = aggregator.weights(G)
+        second_order = self.differentiate_inner_loop
+        with torch.set_grad_enabled(second_order and torch.is_grad_enabled()):
+            adapted, support_loss = self.adapt(learner, params, batch.support_x, batch.support_y,
+                                               create_graph=second_order)
+        weights = self.task_weights(params, adapted, aggregator)
         direction, query_loss = self.outer_direction(learner, params, adapted, batch, weights)
         return StepResult(direction, weights, support_loss, query_loss)
+
+    @staticmethod
+    def task_weights(params: Params, adapted: Params, aggregator: Aggregator) -> torch.Tensor:
+        """The aggregator's weights of the update vectors ``g_i = theta - theta'_i`` (constants)."""
+        with torch.no_grad():
+            theta = torch.cat([v.reshape(-1) for v in params.values()])
+            G = theta - flatten_tasks(adapted)  # row i: g_i
+            return aggregator.weights(G)
 
     def evaluate(self, learner: Learner, params: Params, batch: TaskBatch,
                  steps: int | None = None) -> dict[str, torch.Tensor]:
@@ -169,12 +263,11 @@ class Algorithm(ABC):
             (accuracies are NaN for regression).
         """
         fixed = {k: v.detach() for k, v in params.items()}
-        metric = vmap(learner.task_loss_and_accuracy, in_dims=(None, 0, 0))
-        metric_adapted = vmap(learner.task_loss_and_accuracy)
-        adapted, _ = self.adapt(learner, fixed, batch.support_x, batch.support_y, steps=steps)
         with torch.no_grad():
-            loss_pre, acc_pre = metric(fixed, batch.query_x, batch.query_y)
-            loss_post, acc_post = metric_adapted(adapted, batch.query_x, batch.query_y)
+            adapted, _ = self.adapt(learner, fixed, batch.support_x, batch.support_y, steps=steps)
+            loss_pre, acc_pre = learner.batch_metrics(fixed, batch.query_x, batch.query_y, per_task=False)
+            loss_post, acc_post = learner.batch_metrics(adapted, batch.query_x, batch.query_y,
+                                                        per_task=True)
         return {"loss_pre": loss_pre, "loss_post": loss_post,
                 "acc_pre": acc_pre, "acc_post": acc_post}
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch.func import vmap
 
-from gabench.algorithms._base import Algorithm, Learner, Params
+from gabench.aggregators import Aggregator
+from gabench.algorithms._base import Algorithm, Learner, Params, StepResult
 from gabench.tasks import TaskBatch
 
 
@@ -37,12 +37,34 @@ class MAML(Algorithm):
     def differentiate_inner_loop(self) -> bool:
         return not self.first_order
 
+    def step(self, learner: Learner, params: Params, batch: TaskBatch,
+             aggregator: Aggregator) -> StepResult:
+        """As :meth:`Algorithm.step`; on the fast path, second order is differentiated by hand.
+
+        With :class:`~gabench.algorithms.FastMLP` the inner loop runs without autograd and records
+        its activations; :meth:`FastMLP.maml_grad <gabench.algorithms.FastMLP.maml_grad>` then
+        applies ``(I - alpha H)`` step by step in reverse: the same gradient as the autograd
+        route of :meth:`outer_direction`, without building a graph.
+        """
+        if self.first_order or learner.fast is None:
+            return super().step(learner, params, batch, aggregator)
+        tape: list = []
+        with torch.no_grad():
+            adapted, support_loss = self._inner_loop(learner, params, batch.support_x, batch.support_y,
+                                                     steps=None, create_graph=False, tape=tape)
+        weights = self.task_weights(params, adapted, aggregator)
+        direction, query_loss = learner.fast.maml_grad(tape, adapted, batch.query_x, batch.query_y,
+                                                       weights, self.alpha)
+        return StepResult(direction, weights, support_loss, query_loss)
+
     def outer_direction(self, learner: Learner, params: Params, adapted: Params,
                         batch: TaskBatch, weights: torch.Tensor) -> tuple[Params, torch.Tensor]:
-        query_loss = vmap(learner.task_loss)(adapted, batch.query_x, batch.query_y)
-        objective = (weights.detach() * query_loss).sum()
+        if self.first_order:  # the adapted parameters are constants: sum_i w_i grad L_i(theta'_i)
+            return learner.batch_weighted_grad(adapted, batch.query_x, batch.query_y, weights.detach())
+        query_loss = learner.batch_loss(adapted, batch.query_x, batch.query_y)
         names = list(params)
-        grads = torch.autograd.grad(objective, [params[k] for k in names])
+        # grad of sum_i w_i L_i: backward from the per-task losses with the weights as seed
+        grads = torch.autograd.grad(query_loss, [params[k] for k in names], grad_outputs=weights.detach())
         return dict(zip(names, grads, strict=True)), query_loss.detach()
 
     def __repr__(self) -> str:

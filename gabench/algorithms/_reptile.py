@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch.func import vmap
 
 from gabench.algorithms._base import Algorithm, Learner, Params
 from gabench.tasks import TaskBatch
@@ -40,5 +39,5 @@ class Reptile(Algorithm):
                 k: torch.tensordot(weights, params[k].unsqueeze(0) - adapted[k], dims=1)
                 for k in params
             }
-            query_loss = vmap(learner.task_loss)(adapted, batch.query_x, batch.query_y)
+            query_loss = learner.batch_loss(adapted, batch.query_x, batch.query_y)
         return direction, query_loss

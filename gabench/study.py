@@ -1,0 +1,543 @@
+"""Study files: a comparison declared in TOML, validated on load and expanded to a plan of runs.
+
+A study names task families, methods (algorithm x aggregator x first order, with their
+hyperparameters or "take them from an Optuna study"), seeds, budgets and optionally a grid of
+settings (outlier fractions, family parameters, ...). :func:`load_study` reads and validates
+one file and expands it into :class:`PlannedRun` objects, each a validated
+:class:`~gabench.config.RunConfig` with a run id that is unique within the study. Every error
+is one line naming the file, the key and the problem.
+
+File format (every key but ``families`` and ``methods`` is optional)::
+
+    name = "quick"                   # default: the file name without .toml
+    description = "one line"
+    seeds = 3                        # 3 means [0, 1, 2]; or a list such as [0, 1, 2]
+
+    [defaults]                       # run settings shared by every run (RunConfig fields)
+    steps = 1000
+    meta_batch = 25
+    eval_every = 100
+
+    [settings]                       # optional grid: every combination is run
+    outlier_fraction = [0.0, 0.25]   # a RunConfig field, or "params.NAME" for a family parameter
+
+    [families.sine]                  # the label; `family` defaults to the label
+    params = { shots = 10 }          # family parameters (gabench list)
+    steps = 2000                     # run settings for this family only
+
+    [methods."maml+ga"]              # the label, used in tables and run ids
+    algorithm = "maml"
+    aggregator = "ga"                # default "mean"
+    first_order = false
+    beta = 0.001                     # run settings for this method only
+    families.sine = { alpha = 0.02 } # run settings for this method on one family only
+    # tuned = { storage = "sqlite:///optuna.db", study = "{family}__{method}" }  (gabench tune's names)
+    # baseline = "maml"              # the method GA is compared with (default: found)
+
+Precedence, lowest first: ``[defaults]``, the family's settings, the method's, the method's
+``families.<label>`` table, the ``tuned`` alpha and beta, the ``[settings]`` grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from gabench._errors import ConfigError
+from gabench.config import RunConfig
+from gabench.tasks import FAMILIES
+
+#: RunConfig fields a study sets through its own structure, never as a plain key.
+_STRUCTURAL = ("family", "family_params", "seed")
+#: RunConfig fields that only a method may set.
+_METHOD_ONLY = ("algorithm", "aggregator", "first_order")
+_HINTS = typing.get_type_hints(RunConfig)
+#: Run settings that ``[defaults]``, families, methods and ``[settings]`` may set.
+RUN_KEYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(RunConfig)
+    if f.name not in _STRUCTURAL and f.name not in _METHOD_ONLY
+)
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class StudyError(ConfigError):
+    """A study file is invalid.
+
+    The message is one line: ``FILE: KEY: PROBLEM``.
+
+    Args:
+        file: The study file.
+        key: Dotted key path inside the file (``methods.maml.alpha``), or ``""`` for the file.
+        problem: What is wrong, as a phrase.
+    """
+
+    def __init__(self, file: str | Path, key: str, problem: str) -> None:
+        self.file, self.key, self.problem = str(file), key, problem
+        self.param, self.value, self.allowed = key, None, problem
+        ValueError.__init__(self, f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """Take ``alpha`` and ``beta`` from the best trial of an Optuna study.
+
+    Attributes:
+        storage: Optuna storage URL (``sqlite:///tuning.db``).
+        study: Study name; ``{family}`` and ``{method}`` are replaced by the labels.
+    """
+
+    storage: str
+    study: str
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a study.
+
+    Attributes:
+        run_id: Directory name of the run, unique within the study:
+            ``family__method__s<seed>`` plus ``__key-value`` for each setting.
+        config: The validated run configuration.
+        family_label: The family's label in the study.
+        method_label: The method's label in the study.
+        setting: The grid values of this run (empty without ``[settings]``).
+    """
+
+    run_id: str
+    config: RunConfig
+    family_label: str
+    method_label: str
+    setting: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def setting_label(self) -> str:
+        """``key=value, key=value`` (``""`` without settings)."""
+        return setting_label(self.setting)
+
+
+@dataclass
+class Study:
+    """A validated study: what it compares and the plan of runs.
+
+    Attributes:
+        name: Study name (the runs go to ``<out-root>/<name>/``).
+        path: The study file.
+        description: One line from the file.
+        seeds: Base seeds; every method runs on every seed (paired task streams).
+        families: Family labels in file order.
+        methods: Method label -> ``(algorithm, aggregator, first_order)``.
+        pairs: GA-style method label -> the baseline label it is compared with.
+        settings: The grid, key -> values (empty without ``[settings]``).
+        runs: The plan: seed-major, then family, setting and method.
+    """
+
+    name: str
+    path: Path
+    description: str
+    seeds: list[int]
+    families: list[str]
+    methods: dict[str, tuple[str, str, bool]]
+    pairs: dict[str, str]
+    settings: dict[str, list[Any]]
+    runs: list[PlannedRun]
+
+    def summary(self) -> dict[str, Any]:
+        """What ``study.json`` records about the plan (JSON-serialisable)."""
+        return {
+            "name": self.name, "file": str(self.path), "description": self.description,
+            "seeds": self.seeds, "families": self.families,
+            "methods": {k: {"algorithm": a, "aggregator": g, "first_order": fo}
+                        for k, (a, g, fo) in self.methods.items()},
+            "pairs": self.pairs, "settings": self.settings,
+            "runs": [{"run_id": r.run_id, "family_label": r.family_label,
+                      "method_label": r.method_label, "setting": r.setting_label,
+                      "seed": r.config.seed, "alpha": r.config.effective_alpha, "beta": r.config.beta,
+                      "inner_steps": r.config.inner_steps, "meta_batch": r.config.meta_batch,
+                      "steps": r.config.steps, "optimizer": r.config.optimizer,
+                      "eval_every": r.config.eval_every} for r in self.runs],
+        }
+
+
+def setting_label(setting: Mapping[str, Any]) -> str:
+    """``outlier_fraction=0.1, params.noise=0.2`` for a grid point."""
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in setting.items())
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _id_part(key: str, value: Any) -> str:
+    key = key.removeprefix("params.")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{key}-{_fmt(value)}")
+
+
+# --------------------------------------------------------------------------- loading
+def load_study(path: str | Path, *, load_tuned: Callable[[Tuned], dict[str, float]] | None = None) -> Study:
+    """Read, validate and expand a study file.
+
+    Args:
+        path: The ``.toml`` file.
+        load_tuned: Returns ``{"alpha": ..., "beta": ...}`` for a :class:`Tuned` reference
+            (default: the best trial's parameters through ``optuna.load_study``).
+
+    Returns:
+        The :class:`Study` with its plan of validated runs.
+
+    Raises:
+        StudyError: one line naming the file, the key and the problem.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyError(path, "", "no such study file") from None
+    except OSError as exc:
+        raise StudyError(path, "", f"cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise StudyError(path, "", "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(path, "", f"is not valid TOML ({exc})") from None
+    return _Parser(path, load_tuned or best_params).parse(raw)
+
+
+def best_params(tuned: Tuned) -> dict[str, float]:
+    """``alpha`` and ``beta`` of the best trial of an Optuna study (optuna imported lazily)."""
+    return dict(_best_params(tuned.storage, tuned.study))
+
+
+@cache
+def _best_params(storage: str, study: str) -> tuple[tuple[str, float], ...]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        params = optuna.load_study(study_name=study, storage=storage).best_params
+    except KeyError:
+        raise ValueError(f"no Optuna study {study!r} in {storage}") from None
+    except ValueError as exc:  # e.g. no completed trial yet
+        raise ValueError(f"Optuna study {study!r} in {storage}: {exc}") from None
+    except Exception as exc:  # storage errors (bad URL, unreadable database)
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise ValueError(f"cannot open Optuna storage {storage!r} ({type(exc).__name__}: {first})") from None
+    return tuple(sorted(params.items()))
+
+
+class _Parser:
+    """Validates one study file; every error names the key path."""
+
+    TOP = ("name", "description", "seeds", "defaults", "settings", "families", "methods")
+    FAMILY = ("family", "params", "settings", *RUN_KEYS)
+    METHOD = ("algorithm", "aggregator", "first_order", "baseline", "tuned", "families", *RUN_KEYS)
+
+    def __init__(self, path: Path, load_tuned: Callable[[Tuned], dict[str, float]]) -> None:
+        self.path = path
+        self.load_tuned = load_tuned
+
+    def error(self, key: str, problem: str) -> StudyError:
+        return StudyError(self.path, key, problem)
+
+    # ------------------------------------------------------------------ generic checks
+    def table(self, key: str, value: Any, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_describe(value)}")
+        if allowed is not None:
+            for k in value:
+                if k not in allowed:
+                    raise self.error(_join(key, k), "unknown key; expected one of " + ", ".join(allowed))
+        return value
+
+    def run_value(self, key: str, name: str, value: Any) -> Any:
+        """Type-check one RunConfig field value given at ``key``."""
+        hint = _HINTS[name]
+        options = typing.get_args(hint) or (hint,)
+        if float in options and isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise self.error(key, f"expected a finite number, got {value!r}")
+            return float(value)
+        for t in options:
+            if t is not type(None) and type(value) is t:
+                return value
+        raise self.error(key, f"expected {_type_phrase(options)}, got {_describe(value)}")
+
+    def run_settings(self, key: str, data: dict[str, Any],
+                     skip: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
+        """The RunConfig fields of ``data`` as ``name -> (value, key path)``."""
+        out: dict[str, tuple[Any, str]] = {}
+        for name, value in data.items():
+            if name in skip:
+                continue
+            out[name] = (self.run_value(_join(key, name), name, value), _join(key, name))
+        return out
+
+    def label(self, key: str, label: str) -> str:
+        if not _LABEL.match(label) or "__" in label:
+            raise self.error(key, "a label must start with a letter or digit and use only letters, "
+                             "digits and _ . + - (no '__')")
+        return label
+
+    # ------------------------------------------------------------------ sections
+    def parse(self, raw: dict[str, Any]) -> Study:
+        self.table("", raw, self.TOP)
+        name = raw.get("name", self.path.stem)
+        if not isinstance(name, str):
+            raise self.error("name", f"expected a string, got {_describe(name)}")
+        self.label("name", name)
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            raise self.error("description", f"expected a string, got {_describe(description)}")
+        seeds = self.seeds(raw.get("seeds", 3))
+        defaults = self.run_settings("defaults", self.table("defaults", raw.get("defaults", {}), RUN_KEYS),
+                                     ())
+        grid = self.grid("settings", raw.get("settings", {}))
+        if "families" not in raw:
+            raise self.error("families", "missing; declare at least one [families.<label>] table")
+        if "methods" not in raw:
+            raise self.error("methods", "missing; declare at least one [methods.<label>] table")
+        families = self.table("families", raw["families"])
+        methods = self.table("methods", raw["methods"])
+        if not families:
+            raise self.error("families", "empty; declare at least one [families.<label>] table")
+        if not methods:
+            raise self.error("methods", "empty; declare at least one [methods.<label>] table")
+        fams = {label: self.family(label, spec) for label, spec in families.items()}
+        meths = {label: self.method(label, spec, list(fams)) for label, spec in methods.items()}
+        runs = self.expand(name, seeds, defaults, grid, fams, meths)
+        pairs = self.pairs(meths)
+        return Study(
+            name=name, path=self.path, description=description, seeds=seeds, families=list(fams),
+            methods={k: (m["algorithm"], m["aggregator"], m["first_order"]) for k, m in meths.items()},
+            pairs=pairs, settings={k: [v for v, _ in vals] for k, vals in grid.items()}, runs=runs,
+        )
+
+    def seeds(self, value: Any) -> list[int]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise self.error("seeds", f"expected a count >= 1 or a list of seeds, got {value}")
+            return list(range(value))
+        if isinstance(value, list) and value:
+            for i, s in enumerate(value):
+                if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+                    raise self.error(f"seeds[{i}]", f"expected an integer >= 0, got {s!r}")
+            if len(set(value)) != len(value):
+                raise self.error("seeds", f"seeds must be distinct, got {value}")
+            return list(value)
+        raise self.error("seeds", f"expected a count >= 1 or a non-empty list of seeds, got {value!r}")
+
+    def grid(self, key: str, value: Any) -> dict[str, list[tuple[Any, str]]]:
+        """``[settings]``: key -> list of (value, key path)."""
+        data = self.table(key, value)
+        grid: dict[str, list[tuple[Any, str]]] = {}
+        for name, values in data.items():
+            k = _join(key, name)
+            if name.startswith("params.") and len(name) > len("params."):
+                checker = None
+            elif name in RUN_KEYS:
+                checker = name
+            else:
+                raise self.error(k, "unknown setting; expected a run setting (" + ", ".join(RUN_KEYS)
+                                 + ") or params.NAME for a family parameter")
+            if not isinstance(values, list) or not values:
+                raise self.error(k, f"expected a non-empty list of values, got {_describe(values)}")
+            checked = []
+            for i, v in enumerate(values):
+                ki = f"{k}[{i}]"
+                checked.append((self.run_value(ki, checker, v) if checker else v, ki))
+            if len({_fmt(v) for v, _ in checked}) != len(checked):
+                raise self.error(k, "values must be distinct")
+            grid[name] = checked
+        return grid
+
+    def family(self, label: str, spec: Any) -> dict[str, Any]:
+        key = _join("families", label)
+        self.label(key, label)
+        spec = self.table(key, spec, self.FAMILY)
+        registry = spec.get("family", label)
+        if registry not in FAMILIES:
+            where = _join(key, "family") if "family" in spec else key
+            raise self.error(where, f"unknown family {registry!r}; expected one of " + ", ".join(FAMILIES)
+                             + (" (or set family = NAME in the table)" if "family" not in spec else ""))
+        params = self.table(_join(key, "params"), spec.get("params", {}))
+        return {
+            "family": registry, "params": params, "key": key,
+            "run": self.run_settings(key, spec, ("family", "params", "settings")),
+            "grid": self.grid(_join(key, "settings"), spec["settings"]) if "settings" in spec else None,
+        }
+
+    def method(self, label: str, spec: Any, families: list[str]) -> dict[str, Any]:
+        key = _join("methods", label)
+        self.label(key, label)
+        spec = self.table(key, spec, self.METHOD)
+        if "algorithm" not in spec:
+            raise self.error(_join(key, "algorithm"), "missing; expected maml or reptile")
+        out: dict[str, Any] = {"key": key}
+        for name, default in (("algorithm", None), ("aggregator", "mean"), ("first_order", False)):
+            out[name] = self.run_value(_join(key, name), name, spec.get(name, default))
+        out["run"] = self.run_settings(key, spec, ("algorithm", "aggregator", "first_order",
+                                                   "baseline", "tuned", "families"))
+        out["baseline"] = spec.get("baseline")
+        if out["baseline"] is not None and not isinstance(out["baseline"], str):
+            raise self.error(_join(key, "baseline"),
+                             f"expected a method label, got {_describe(out['baseline'])}")
+        out["tuned"] = None
+        if "tuned" in spec:
+            tk = _join(key, "tuned")
+            t = self.table(tk, spec["tuned"], ("storage", "study"))
+            for part in ("storage", "study"):
+                if not isinstance(t.get(part), str) or not t[part]:
+                    raise self.error(_join(tk, part), "missing; expected a string")
+            for part in ("alpha", "beta"):
+                if part in spec:
+                    raise self.error(_join(key, part), "set both here and by `tuned`; keep one")
+            out["tuned"] = Tuned(t["storage"], t["study"])
+        per_family = self.table(_join(key, "families"), spec.get("families", {}))
+        out["per_family"] = {}
+        for flabel, fspec in per_family.items():
+            fk = _join(_join(key, "families"), flabel)
+            if flabel not in families:
+                raise self.error(fk, "not a family of this study; expected one of " + ", ".join(families))
+            fspec = self.table(fk, fspec, RUN_KEYS)
+            if out["tuned"] is not None:
+                for part in ("alpha", "beta"):
+                    if part in fspec:
+                        raise self.error(_join(fk, part), "set both here and by `tuned`; keep one")
+            out["per_family"][flabel] = self.run_settings(fk, fspec, ())
+        return out
+
+    def pairs(self, methods: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Each non-mean method -> the mean-aggregator method it is compared with."""
+        pairs: dict[str, str] = {}
+        for label, m in methods.items():
+            key = _join(m["key"], "baseline")
+            if m["baseline"] is not None:
+                if m["baseline"] not in methods or m["baseline"] == label:
+                    raise self.error(key, f"{m['baseline']!r} is not another method of this study; "
+                                     "expected one of " + ", ".join(k for k in methods if k != label))
+                pairs[label] = m["baseline"]
+                continue
+            if m["aggregator"] == "mean":
+                continue
+            found = [k for k, b in methods.items() if b["aggregator"] == "mean"
+                     and b["algorithm"] == m["algorithm"] and b["first_order"] == m["first_order"]]
+            if len(found) > 1:
+                raise self.error(key, "several baselines match (" + ", ".join(found)
+                                 + "); name the one to compare with")
+            if found:
+                pairs[label] = found[0]
+        return pairs
+
+    # ------------------------------------------------------------------ expansion
+    def expand(self, name: str, seeds: list[int], defaults: dict[str, tuple[Any, str]],
+               grid: dict[str, list[tuple[Any, str]]], fams: dict[str, dict[str, Any]],
+               meths: dict[str, dict[str, Any]]) -> list[PlannedRun]:
+        runs: list[PlannedRun] = []
+        seen: dict[str, str] = {}
+        for seed in seeds:
+            for flabel, fam in fams.items():
+                fgrid = fam["grid"] if fam["grid"] is not None else grid
+                for point in _grid_points(fgrid):
+                    for mlabel, meth in meths.items():
+                        run = self.run(seed, flabel, fam, mlabel, meth, defaults, point)
+                        if run.run_id in seen:  # cannot happen with valid labels; a guard
+                            raise self.error(fam["key"], f"run id {run.run_id} is planned twice")
+                        seen[run.run_id] = run.run_id
+                        runs.append(run)
+        return runs
+
+    def run(self, seed: int, flabel: str, fam: dict[str, Any], mlabel: str, meth: dict[str, Any],
+            defaults: dict[str, tuple[Any, str]], point: list[tuple[str, Any, str]]) -> PlannedRun:
+        values: dict[str, tuple[Any, str]] = {}
+        for layer in (defaults, fam["run"], meth["run"], meth["per_family"].get(flabel, {})):
+            values.update(layer)
+        if meth["tuned"] is not None:
+            values.update(self.tuned(meth, mlabel, flabel))
+        params = {k: (v, _join(_join(fam["key"], "params"), k)) for k, v in fam["params"].items()}
+        setting: dict[str, Any] = {}
+        for name, value, key in point:
+            setting[name] = value
+            if name.startswith("params."):
+                params[name.removeprefix("params.")] = (value, key)
+            else:
+                values[name] = (value, key)
+        for name in _METHOD_ONLY:
+            values[name] = (meth[name], _join(meth["key"], name))
+        config = RunConfig(family=fam["family"], family_params={k: v for k, (v, _) in params.items()},
+                           seed=seed, **{k: v for k, (v, _) in values.items()})
+        try:
+            config.validate()
+        except ConfigError as exc:
+            raise self.error(_provenance(exc.param, values, params, fam), str(exc)) from None
+        run_id = "__".join([flabel, mlabel, f"s{seed}", *(_id_part(k, v) for k, v in setting.items())])
+        return PlannedRun(run_id, config, flabel, mlabel, setting)
+
+    def tuned(self, meth: dict[str, Any], mlabel: str, flabel: str) -> dict[str, tuple[Any, str]]:
+        t: Tuned = meth["tuned"]
+        key = _join(meth["key"], "tuned")
+        try:
+            ref = Tuned(t.storage, t.study.format(family=flabel, method=mlabel))
+        except (KeyError, IndexError, ValueError):
+            raise self.error(_join(key, "study"), "only {family} and {method} may appear in braces") from None
+        try:
+            params = self.load_tuned(ref)
+        except (ValueError, ImportError) as exc:
+            raise self.error(key, str(exc)) from None
+        out = {}
+        for part in ("alpha", "beta"):
+            if part not in params:
+                raise self.error(key, f"Optuna study {ref.study!r} has no parameter {part!r} "
+                                 f"(its best trial has {', '.join(sorted(params)) or 'none'})")
+            out[part] = (float(params[part]), f"{key} (study {ref.study!r})")
+        return out
+
+
+def _grid_points(grid: dict[str, list[tuple[Any, str]]]) -> Iterator[list[tuple[str, Any, str]]]:
+    names = list(grid)
+    for combo in itertools.product(*(grid[n] for n in names)):
+        yield [(n, v, k) for n, (v, k) in zip(names, combo, strict=True)]
+
+
+def _provenance(param: str, values: dict[str, tuple[Any, str]], params: dict[str, tuple[Any, str]],
+                fam: dict[str, Any]) -> str:
+    """The key path that set the value a :class:`ConfigError` names."""
+    name = param.lstrip("-").replace("-", "_")
+    if name in values:
+        return values[name][1]
+    short = name.split(".", 1)[1] if "." in name else name
+    if short in params:
+        return params[short][1]
+    if name in ("shots", "query_shots", "ways", "n_tasks"):
+        return _join(fam["key"], "params")
+    return fam["key"]
+
+
+def _join(key: str, part: str) -> str:
+    if not key:
+        return part
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", part):  # not a bare TOML key: quote it
+        part = f'"{part}"'
+    return f"{key}.{part}"
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number"}.get(type(value), type(value).__name__)
+    return f"{kind} ({value!r})" if not isinstance(value, dict | list) else kind
+
+
+def _type_phrase(options: tuple[Any, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dict: "a table", type(None): "omitted"}
+    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in options)

@@ -1,0 +1,186 @@
+"""gabench compare: every planned run once, resumable after interruption, one rebuilt table."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gabench._errors import ConfigError
+from gabench.cli import main
+from gabench.compare import run_study
+from gabench.study import load_study
+from gabench.trainer import Callback
+
+STUDY = """
+name = "tiny"
+seeds = 2
+[defaults]
+steps = 3
+meta_batch = 2
+test_tasks = 4
+eval_every = 0
+[families.sine]
+[methods.maml]
+algorithm = "maml"
+[methods."maml+ga"]
+algorithm = "maml"
+aggregator = "ga"
+"""
+
+
+def study_file(tmp_path: Path, text: str = STUDY) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def run_ids_in_table(study_dir: Path) -> pd.Series:
+    res = pd.read_parquet(study_dir / "results.parquet")
+    test = res[(res.split == "test") & (res.metric == "loss_post")]
+    return test["run"]
+
+
+def test_compare_runs_the_plan_and_builds_one_table(tmp_path, capsys):
+    path = study_file(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["compare", str(path), "--out-root", str(out)]) == 0
+    study_dir = out / "tiny"
+    expected = {f"sine__{m}__s{s}" for s in (0, 1) for m in ("maml", "maml+ga")}
+    assert {p.name for p in study_dir.iterdir() if p.is_dir()} == expected
+    for d in expected:
+        assert sorted(p.name for p in (study_dir / d).iterdir()) == [
+            "config.json", "results.parquet", "weights.parquet"]
+    ids = run_ids_in_table(study_dir)
+    assert sorted(ids) == sorted(expected)  # each run exactly once
+    res = pd.read_parquet(study_dir / "results.parquet")
+    assert {"study", "family_label", "setting"} <= set(res.columns)
+    assert set(res["method"]) == {"maml", "maml+ga"} and set(res["study"]) == {"tiny"}
+    w = pd.read_parquet(study_dir / "weights.parquet")
+    assert set(w["run"]) == expected and len(w) == 4 * 3 * 2
+    meta = json.loads((study_dir / "study.json").read_text())
+    assert meta["pairs"] == {"maml+ga": "maml"} and len(meta["runs"]) == 4
+    cfg = json.loads((study_dir / "sine__maml+ga__s1" / "config.json").read_text())
+    assert cfg["study"]["run_id"] == "sine__maml+ga__s1" and cfg["config"]["seed"] == 1
+    text = capsys.readouterr()
+    assert "[4/4]" in text.err and "ETA" in text.err and "4/4 runs finished" in text.out
+
+
+def test_resume_after_interruption_counts_each_run_once(tmp_path):
+    study = load_study(study_file(tmp_path))
+    first = run_study(study, tmp_path / "runs")
+    assert (first.ran, first.finished) == (4, 4)
+    study_dir = first.study_dir
+    before = pd.read_parquet(study_dir / "sine__maml__s1" / "results.parquet")
+    # Simulate an interruption: one run never finished, one died while writing (a temp dir is
+    # left), and the study table is stale or missing.
+    import shutil
+
+    shutil.rmtree(study_dir / "sine__maml+ga__s0")
+    junk = study_dir / ".sine__maml+ga__s0.tmp-abc123"
+    junk.mkdir()
+    (junk / "results.parquet").write_text("half written")
+    (study_dir / "results.parquet").unlink()
+    again = run_study(study, tmp_path / "runs")
+    assert (again.ran, again.finished, again.planned) == (1, 4, 4)
+    assert not junk.exists()
+    ids = run_ids_in_table(study_dir)
+    assert ids.is_unique and len(ids) == 4
+    pd.testing.assert_frame_equal(before, pd.read_parquet(study_dir / "sine__maml__s1" / "results.parquet"))
+    # Nothing left to do: a third call runs nothing and rebuilds the same table.
+    third = run_study(study, tmp_path / "runs")
+    assert third.ran == 0 and run_ids_in_table(study_dir).is_unique
+
+
+def test_kill_9_then_resume(tmp_path):
+    text = STUDY.replace("steps = 3", "steps = 150")
+    path = study_file(tmp_path, text)
+    out = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gabench", "compare", str(path), "--out-root", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    study_dir = out / "tiny"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if study_dir.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in study_dir.iterdir()):
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in study_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert 1 <= len(done_before) < 4
+    result = run_study(load_study(path), out)
+    assert result.ran == 4 - len(done_before) and result.finished == 4
+    ids = run_ids_in_table(study_dir)
+    assert ids.is_unique and len(ids) == 4
+    assert not [p for p in study_dir.iterdir() if ".tmp-" in p.name]
+
+
+def test_changed_configuration_is_an_error_unless_redone(tmp_path, capsys):
+    path = study_file(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["compare", str(path), "--out-root", str(out)]) == 0
+    path.write_text(textwrap.dedent(STUDY).replace("[methods.maml]\n", "[methods.maml]\nbeta = 0.01\n"))
+    capsys.readouterr()
+    assert main(["compare", str(path), "--out-root", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--redo-changed" in err
+    assert "beta: 0.001 recorded, 0.01 planned" in err
+    assert main(["compare", str(path), "--out-root", str(out), "--redo-changed"]) == 0
+    cfg = json.loads((out / "tiny" / "sine__maml__s0" / "config.json").read_text())
+    assert cfg["config"]["beta"] == 0.01
+    assert run_ids_in_table(out / "tiny").is_unique
+
+
+def test_a_second_compare_on_the_same_study_is_refused(tmp_path):
+    study = load_study(study_file(tmp_path))
+    study_dir = tmp_path / "runs" / "tiny"
+    study_dir.mkdir(parents=True)
+    fd = os.open(study_dir / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="no other gabench compare is running"):
+            run_study(study, tmp_path / "runs")
+    finally:
+        os.close(fd)
+
+
+class Recorder(Callback):
+    ended: list[str] = []
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def on_end(self, result) -> None:
+        Recorder.ended.append(self.name)
+
+
+def recorder_for(config):
+    return [Recorder(config.run_name)]
+
+
+def test_callbacks_for_hook_reaches_every_run(tmp_path):
+    Recorder.ended = []
+    run_study(load_study(study_file(tmp_path)), tmp_path / "runs", callbacks_for=recorder_for)
+    assert sorted(Recorder.ended) == sorted(f"sine__maml__{a}__s{s}" for s in (0, 1) for a in ("mean", "ga"))
+
+
+def test_workers_run_in_separate_processes(tmp_path):
+    study = load_study(study_file(tmp_path, STUDY.replace("seeds = 2", "seeds = 1")))
+    result = run_study(study, tmp_path / "runs", workers=2)
+    assert (result.ran, result.finished) == (2, 2)
+    serial = run_study(study, tmp_path / "serial")
+    a = pd.read_parquet(result.study_dir / "results.parquet")
+    b = pd.read_parquet(serial.study_dir / "results.parquet")
+    a = a[a.metric != "wall_seconds"].reset_index(drop=True)
+    b = b[b.metric != "wall_seconds"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
