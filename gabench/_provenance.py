@@ -24,14 +24,16 @@ def source_hash() -> str:
 def git_commit() -> str:
     """The git commit of the gabench source tree, or ``""`` outside a git checkout.
 
-    With uncommitted changes to tracked files the result is ``<commit>+dirty.<source hash>``
+    With uncommitted changes to the tracked source (the package and pyproject.toml; reports and
+    other outputs do not count) the result is ``<commit>+dirty.<source hash>``
     (:func:`source_hash`), so runs made from different uncommitted states are told apart.
     """
     root = _PACKAGE.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                _PACKAGE.name, "pyproject.toml"], cwd=root,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import tempfile
 import time
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gabench import __version__
+from gabench._provenance import git_commit
 from gabench.results import RunResult, Summary
 from gabench.tracking._uri import sqlite_path
 from gabench.trainer import Callback
@@ -24,17 +23,6 @@ if TYPE_CHECKING:
     from gabench.trainer import Trainer
 
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
-
-
-@cache
-def git_commit() -> str | None:
-    """The commit of the gabench checkout, when it is one and git is there."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
