@@ -223,16 +223,18 @@ def best_params(tuned: Tuned) -> dict[str, float]:
 def _best_params(storage: str, study: str) -> tuple[tuple[str, float], ...]:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from gabench.tuning import make_storage, redact
+
+    try:  # the storages `gabench tune` writes, journal:PATH included
+        opened = make_storage(storage)
+    except ConfigError as exc:
+        raise ValueError(f"cannot open Optuna storage {redact(storage)!r} (expected {exc.allowed})") from None
     try:
-        params = optuna.load_study(study_name=study, storage=storage).best_params
+        params = optuna.load_study(study_name=study, storage=opened).best_params
     except KeyError:
-        raise ValueError(f"no Optuna study {study!r} in {storage}") from None
+        raise ValueError(f"no Optuna study {study!r} in {redact(storage)}") from None
     except ValueError as exc:  # e.g. no completed trial yet
-        raise ValueError(f"Optuna study {study!r} in {storage}: {exc}") from None
-    except Exception as exc:  # storage errors (bad URL, unreadable database)
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise ValueError(f"cannot open Optuna storage {storage!r} ({type(exc).__name__}: {first})") from None
+        raise ValueError(f"Optuna study {study!r} in {redact(storage)}: {exc}") from None
     return tuple(sorted(params.items()))
 
 

@@ -34,3 +34,25 @@ def rng_guard() -> GlobalRNGGuard:
     np.random.seed(123)  # noqa: NPY002 - setting the state we check is left alone
     torch.manual_seed(123)
     return GlobalRNGGuard()
+
+
+def central_differences(p: torch.Tensor, objective, h: float = 1e-6) -> torch.Tensor:
+    """d objective / d p by central differences, perturbing ``p`` in place (restored after).
+
+    Args:
+        p: A parameter tensor that ``objective`` reads.
+        objective: A function of no arguments returning a float.
+        h: The step.
+    """
+    fd = torch.zeros_like(p)
+    for idx in np.ndindex(*p.shape):
+        old = p[idx].item()
+        values = []
+        for shifted in (old + h, old - h):
+            with torch.no_grad():
+                p[idx] = shifted
+            values.append(objective())
+        with torch.no_grad():
+            p[idx] = old
+        fd[idx] = (values[0] - values[1]) / (2 * h)
+    return fd

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import central_differences
 from test_meta_gradients import closed_form, linear_problem, mse
 from torch import nn
 
@@ -191,19 +192,8 @@ def test_hand_written_second_order_equals_finite_differences(kind, steps):
             adapted, _ = MAML(alpha, steps).adapt(learner, params, batch.support_x, batch.support_y)
             return float(w @ learner.batch_loss(adapted, batch.query_x, batch.query_y))
 
-    h = 1e-6
     for name, p in params.items():
-        fd = torch.zeros_like(p)
-        for idx in np.ndindex(*p.shape):
-            old = p[idx].item()
-            values = []
-            for shifted in (old + h, old - h):
-                with torch.no_grad():
-                    p[idx] = shifted
-                values.append(objective())
-            with torch.no_grad():
-                p[idx] = old
-            fd[idx] = (values[0] - values[1]) / (2 * h)
+        fd = central_differences(p, objective)
         np.testing.assert_allclose(res.direction[name].numpy(), fd.numpy(), rtol=1e-5, atol=1e-8,
                                    err_msg=name)
 

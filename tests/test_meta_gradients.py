@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import central_differences
 from torch import nn
 
 from gabench.aggregators import GradientAgreement, Mean
@@ -148,18 +149,7 @@ def test_second_order_maml_equals_finite_differences_on_mlp(steps):
     res = MAML(alpha=alpha, inner_steps=steps).step(
         Learner(model, mse), dict(model.named_parameters()), batch, GradientAgreement())
     w = res.weights.detach()
-    h = 1e-6
     for name, p in model.named_parameters():
-        fd = torch.zeros_like(p)
-        for idx in np.ndindex(*p.shape):
-            old = p[idx].item()
-            values = []
-            for shifted in (old + h, old - h):
-                with torch.no_grad():
-                    p[idx] = shifted
-                values.append(meta_objective_by_loops(model, batch, alpha, steps, w))
-            with torch.no_grad():
-                p[idx] = old
-            fd[idx] = (values[0] - values[1]) / (2 * h)
+        fd = central_differences(p, lambda: meta_objective_by_loops(model, batch, alpha, steps, w))
         np.testing.assert_allclose(res.direction[name].numpy(), fd.numpy(), rtol=1e-5, atol=1e-7,
                                    err_msg=name)
