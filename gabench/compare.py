@@ -9,9 +9,14 @@ lost or counted twice. At the end (and every 10 minutes meanwhile) the study tab
 ``<out-root>/<study>/results.parquet`` (and ``weights.parquet``) is rebuilt from the finished
 runs of the plan.
 
-Tracking hook: ``run_study(..., callbacks_for=f)`` calls ``f(config)`` in the process that runs
-each configuration and passes the returned :class:`~gabench.trainer.Callback` objects to the
-trainer. ``f`` must be a module-level function (worker processes are spawned and import it).
+Tracking: ``run_study(..., callbacks_for=f)`` calls ``f(run, study_name)`` in the process that
+runs each planned run and passes the returned :class:`~gabench.trainer.Callback` objects to the
+trainer; ``f`` must be picklable (worker processes are spawned). ``gabench compare`` passes a
+:class:`TrackRuns`, so that every run is an MLflow run as with ``gabench run`` (``--no-tracking``
+turns it off). A run that diverges or is stopped is marked FAILED or KILLED in MLflow.
+
+Stopping: Ctrl-C or SIGTERM stops the worker processes (their unfinished runs leave only
+temporary directories, removed at the next start) and keeps every finished run.
 """
 
 from __future__ import annotations
@@ -52,9 +57,69 @@ IGNORED_FIELDS: tuple[str, ...] = ("device", "eval_batch")
 
 
 
-def no_callbacks(config: RunConfig) -> list[Callback]:
+CallbacksFor = Callable[[PlannedRun, str], list[Callback]]
+
+
+def no_callbacks(run: PlannedRun, study: str) -> list[Callback]:
     """The default tracking hook: no callbacks."""
     return []
+
+
+@dataclass(frozen=True)
+class TrackRuns:
+    """Tracking hook of ``gabench compare``: one MLflow run per planned run.
+
+    The MLflow run is named ``<study>__<run id>`` and tagged with the study, the run id, the
+    family and method labels of the study file and the setting, on top of what
+    :class:`~gabench.tracking.MLflowTracker` logs for every run.
+
+    Attributes:
+        tracking_uri: MLflow tracking URI (checked beforehand).
+        experiment: Experiment name; None: ``gabench-<study>``.
+    """
+
+    tracking_uri: str
+    experiment: str | None = None
+
+    def prepare(self, study: str) -> str:
+        """Create (or find) the experiment in this process, before any worker starts: a new
+        SQLite store gets its tables here, not from two workers racing to migrate it."""
+        from mlflow import MlflowClient
+
+        from gabench.tracking._mlflow import experiment_id
+
+        name = self.experiment or f"gabench-{study}"
+        experiment_id(MlflowClient(self.tracking_uri), self.tracking_uri, name)
+        return name
+
+    def __call__(self, run: PlannedRun, study: str) -> list[Callback]:
+        from gabench.tracking import MLflowTracker
+
+        tags = {"study": study, "study_run": run.run_id, "family_label": run.family_label,
+                "method_label": run.method_label}
+        if run.setting:
+            tags["setting"] = run.setting_label
+        return [MLflowTracker(self.tracking_uri, self.experiment or f"gabench-{study}",
+                              run_name=f"{study}__{run.run_id}", tags=tags)]
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler, so that a terminated compare stops like an interrupted one."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+_IN_WORKER = False  # set in worker processes of a pool
+_RUN_ACTIVE = False  # a run is training in this process
+
+
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    """A pool worker being stopped: let the active run mark itself KILLED, then exit."""
+    if _RUN_ACTIVE:
+        raise Terminated(f"signal {signum}")
+    os._exit(128 + signum)
 
 
 @dataclass
@@ -78,7 +143,7 @@ class CompareResult:
 
 # --------------------------------------------------------------------------- one run
 def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = False,
-                callbacks_for: Callable[[RunConfig], list[Callback]] = no_callbacks,
+                callbacks_for: CallbacksFor = no_callbacks,
                 threads: int | None = None) -> dict[str, Any]:
     """Train, meta-test and write one planned run, as ``gabench run`` does.
 
@@ -103,14 +168,30 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    global _RUN_ACTIVE
     start = time.perf_counter()
+    callbacks = callbacks_for(run, study)
+    _RUN_ACTIVE = True
     try:
-        trainer = Trainer.from_config(run.config, callbacks=callbacks_for(run.config), progress=False)
+        trainer = Trainer.from_config(run.config, callbacks=callbacks, progress=False)
         result = trainer.fit()
-    except DivergedError as exc:
-        return {"run_id": run.run_id, "ok": False, "seconds": time.perf_counter() - start,
-                "message": str(exc)}
+    except BaseException as exc:
+        stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+        for cb in callbacks:  # e.g. the MLflow run: FAILED (diverged) or KILLED (stopped)
+            fail = getattr(cb, "fail", None)
+            if fail is not None:
+                try:
+                    fail(f"{type(exc).__name__}: {exc}", "KILLED" if stopped else "FAILED")
+                except Exception:  # noqa: BLE001 - the run's own error is the one to report
+                    pass
+        if isinstance(exc, DivergedError):
+            return {"run_id": run.run_id, "ok": False, "seconds": time.perf_counter() - start,
+                    "message": str(exc)}
+        if _IN_WORKER and isinstance(exc, Terminated):
+            os._exit(143)  # never go on to another queued run
+        raise
     finally:
+        _RUN_ACTIVE = False
         torch.set_num_threads(previous)
     label_tables(result.results, result.weights, run, study)
     result.extra = {**result.extra, "study": {
@@ -134,11 +215,14 @@ def label_tables(results: pd.DataFrame, weights: pd.DataFrame, run: PlannedRun, 
 
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    signal.signal(signal.SIGTERM, _worker_sigterm)  # the parent's terminate(): mark the run KILLED
+    global _IN_WORKER
+    _IN_WORKER = True
 
 
 # --------------------------------------------------------------------------- the study
 def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
-              callbacks_for: Callable[[RunConfig], list[Callback]] = no_callbacks,
+              callbacks_for: CallbacksFor = no_callbacks,
               redo_changed: bool = False, threads: int | None = 1,
               log: TextIO | None = None) -> CompareResult:
     """Run every unfinished run of ``study`` and rebuild the study table.
@@ -150,7 +234,7 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
         threads: Torch threads per run (default 1: gabench's models are small, and several
             threads per process on a busy machine cost far more in synchronisation than they
             gain; None leaves torch's setting alone).
-        callbacks_for: Tracking hook, ``config -> list of callbacks`` (module-level function).
+        callbacks_for: Tracking hook, ``(run, study name) -> list of callbacks`` (picklable).
         redo_changed: Rerun finished runs whose recorded configuration differs from the plan
             (otherwise that is an error).
         log: Where progress lines go (default stderr).
@@ -164,6 +248,28 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
     """
     log = log or sys.stderr
     workers = check_int("--workers", workers)
+    with _sigterm_stops():
+        return _run_study(study, out_root, workers, callbacks_for, redo_changed, threads, log)
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While a study runs in the main thread, SIGTERM raises :class:`Terminated` (so the worker
+    processes are stopped, not orphaned, and the study table is rebuilt)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: CallbacksFor,
+               redo_changed: bool, threads: int | None, log: TextIO) -> CompareResult:
     if threads is not None:
         threads = check_int("--threads", threads)
     study_dir = Path(out_root) / study.name
@@ -222,7 +328,7 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
 
 
 def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
-             callbacks_for: Callable[[RunConfig], list[Callback]],
+             callbacks_for: CallbacksFor,
              replace: set[str], threads: int | None) -> Iterator[dict[str, Any]]:
     if workers == 1 or len(todo) <= 1:
         for run in todo:
@@ -360,10 +466,13 @@ def _write_json(path: Path, data: Any) -> None:
 # --------------------------------------------------------------------------- command line
 def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``gabench compare`` on the CLI's subparsers."""
+    from gabench.cli import add_tracking_options
+
     p = sub.add_parser("compare", help="run a study file's plan (resumable) and build its table",
                        description="Run every run of a study file into OUT_ROOT/<study>/<run id>/, "
                        "skipping finished runs (rerun after an interruption to resume), then "
-                       "rebuild OUT_ROOT/<study>/results.parquet and weights.parquet.")
+                       "rebuild OUT_ROOT/<study>/results.parquet and weights.parquet. Each run is "
+                       "also an MLflow run (experiment gabench-<study>) unless --no-tracking.")
     p.add_argument("study", help="study file, e.g. studies/quick.toml")
     p.add_argument("--workers", type=int, default=1,
                    help="runs at once, each in its own process (default 1: one at a time, in this process)")
@@ -373,12 +482,12 @@ def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--redo-changed", action="store_true",
                    help="rerun finished runs whose configuration differs from the study file")
     p.add_argument("--plan", action="store_true", help="print the planned runs and exit")
-    p.set_defaults(func=cmd_compare)
+    add_tracking_options(p)
+    p.set_defaults(func=cmd_compare, experiment=None)
     return p
 
 
-def cmd_compare(args: argparse.Namespace, callbacks_for: Callable[[RunConfig], list[Callback]] = no_callbacks,
-                ) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     workers = check_int("--workers", args.workers)
     if args.plan:
@@ -387,14 +496,25 @@ def cmd_compare(args: argparse.Namespace, callbacks_for: Callable[[RunConfig], l
             print(f"{run.run_id}\t{state}")
         print(f"{len(study.runs)} runs", file=sys.stderr)
         return 0
+    from gabench.cli import tracking_uri_from_args
+
+    tracking_uri = tracking_uri_from_args(args)  # an unreachable server fails here, before any run
+    callbacks_for: CallbacksFor = no_callbacks
+    experiment = None
+    if tracking_uri is not None:
+        callbacks_for = TrackRuns(tracking_uri, args.experiment)
+        experiment = callbacks_for.prepare(study.name)
     try:
         out = run_study(study, args.out_root, workers, callbacks_for=callbacks_for,
                         redo_changed=args.redo_changed, threads=args.threads)
-    except KeyboardInterrupt:
-        print(f"gabench compare: interrupted; finished runs are kept in {Path(args.out_root) / study.name}/"
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"gabench compare: {how}; finished runs are kept in {Path(args.out_root) / study.name}/"
               f"; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     print(f"{out.finished}/{out.planned} runs finished; table: {out.study_dir / 'results.parquet'}")
+    if tracking_uri is not None:
+        print(f"tracked in MLflow ({tracking_uri}, experiment {experiment!r})")
     if out.failures:
         print(f"gabench compare: error: {len(out.failures)} run(s) failed: "
               + "; ".join(f"{k}: {v}" for k, v in out.failures.items()), file=sys.stderr)

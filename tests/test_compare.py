@@ -53,7 +53,7 @@ def run_ids_in_table(study_dir: Path) -> pd.Series:
 def test_compare_runs_the_plan_and_builds_one_table(tmp_path, capsys):
     path = study_file(tmp_path)
     out = tmp_path / "runs"
-    assert main(["compare", str(path), "--out-root", str(out)]) == 0
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
     study_dir = out / "tiny"
     expected = {f"sine__{m}__s{s}" for s in (0, 1) for m in ("maml", "maml+ga")}
     assert {p.name for p in study_dir.iterdir() if p.is_dir()} == expected
@@ -106,7 +106,8 @@ def test_kill_9_then_resume(tmp_path):
     path = study_file(tmp_path, text)
     out = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gabench", "compare", str(path), "--out-root", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "gabench", "compare", str(path), "--out-root", str(out),
+                             "--no-tracking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     study_dir = out / "tiny"
     deadline = time.time() + 120
@@ -128,14 +129,14 @@ def test_kill_9_then_resume(tmp_path):
 def test_changed_configuration_is_an_error_unless_redone(tmp_path, capsys):
     path = study_file(tmp_path)
     out = tmp_path / "runs"
-    assert main(["compare", str(path), "--out-root", str(out)]) == 0
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
     path.write_text(textwrap.dedent(STUDY).replace("[methods.maml]\n", "[methods.maml]\nbeta = 0.01\n"))
     capsys.readouterr()
-    assert main(["compare", str(path), "--out-root", str(out)]) == 2
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--redo-changed" in err
     assert "beta: 0.001 recorded, 0.01 planned" in err
-    assert main(["compare", str(path), "--out-root", str(out), "--redo-changed"]) == 0
+    assert main(["compare", str(path), "--out-root", str(out), "--redo-changed", "--no-tracking"]) == 0
     cfg = json.loads((out / "tiny" / "sine__maml__s0" / "config.json").read_text())
     assert cfg["config"]["beta"] == 0.01
     assert run_ids_in_table(out / "tiny").is_unique
@@ -164,8 +165,9 @@ class Recorder(Callback):
         Recorder.ended.append(self.name)
 
 
-def recorder_for(config):
-    return [Recorder(config.run_name)]
+def recorder_for(run, study):
+    assert study == "tiny" and run.run_id.endswith(f"s{run.config.seed}")
+    return [Recorder(run.config.run_name)]
 
 
 def test_callbacks_for_hook_reaches_every_run(tmp_path):
@@ -184,3 +186,81 @@ def test_workers_run_in_separate_processes(tmp_path):
     a = a[a.metric != "wall_seconds"].reset_index(drop=True)
     b = b[b.metric != "wall_seconds"].reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_compare_tracks_every_run_in_mlflow_from_two_workers(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    path = study_file(tmp_path, STUDY.replace("seeds = 2", "seeds = 1"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--workers", "2",
+                 "--tracking-uri", uri]) == 0
+    assert "experiment 'gabench-tiny'" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("gabench-tiny")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["tiny__sine__maml+ga__s0", "tiny__sine__maml__s0"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["study"] == "tiny" and r.data.tags["study_run"] == r.info.run_name[6:]
+        assert "test/loss_post" in r.data.metrics
+        assert len(client.get_metric_history(r.info.run_id, "train/query_loss")) == 3
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_killed(tmp_path):
+    from mlflow import MlflowClient
+
+    path = study_file(tmp_path, STUDY.replace("steps = 3", "steps = 3000"))
+    out = tmp_path / "runs"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gabench", "compare", str(path), "--out-root", str(out),
+                             "--workers", "2", "--tracking-uri", uri],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    client = MlflowClient(uri)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # wait until both workers have started a tracked run
+        exp = client.get_experiment_by_name("gabench-tiny") if (tmp_path / "mlflow.db").exists() else None
+        if exp is not None and len(client.search_runs([exp.experiment_id])) >= 2:
+            break
+        time.sleep(0.2)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes found"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert "terminated; finished runs are kept" in err
+    deadline = time.time() + 30
+    while any(_alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)], "worker processes outlived the terminated compare"
+    runs = client.search_runs([exp.experiment_id])
+    statuses = sorted(r.info.status for r in runs)
+    assert statuses.count("KILLED") >= 1 and "RUNNING" not in statuses, statuses
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert all("Terminated" in r.data.tags.get("failure_reason", "") for r in killed)
+    finished = {p.name for p in (out / "tiny").iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert len(finished) < 4  # the study was stopped, and resuming finishes it:
+    result = run_study(load_study(path), out)
+    assert result.ran == 4 - len(finished) and result.finished == 4

@@ -419,7 +419,8 @@ class _Report:
         if w.empty or not w["corrupted"].any():
             return ""
         lines = ["## Outlier tasks: do the weights find them?", "",
-                 "Meta-training batches contain corrupted tasks (`outlier_fraction` of each batch); "
+                 "Meta-training batches contain corrupted tasks (`outlier_fraction` of each batch, rounded "
+                 "half to even: the first row gives the counts as run); "
                  "meta-validation and meta-test tasks are clean. **AUC** = probability that a random clean "
                  "task of a batch gets a larger weight than a random corrupted task of the same batch (ties "
                  "one half), computed per meta-training step, averaged over steps, then over seeds [95% "
@@ -450,7 +451,12 @@ class _Report:
             for flag, name in ((True, "corrupted"), (False, "clean")):
                 if flag in sm:
                     lines_data[(f, s)][f"{m} ({name})"] = (sm.index.to_numpy(), sm[flag].to_numpy())
-        rows = []
+        # what a fraction meant in tasks (round half to even: 0.1 of 25 tasks is 2, not 3)
+        per_batch = w.groupby(["family_label", "setting", "run", "step"])["corrupted"].agg(["sum", "size"])
+        counts = {c: sorted({f"{int(k)} of {int(n)}" for k, n in part.to_numpy()})
+                  for c, part in per_batch.groupby(level=[0, 1], sort=False)}
+        rows = [["corrupted tasks per meta-training batch",
+                 *[", ".join(counts.get(c, ["–"])) for c in cells]]]
         for m in self.methods:
             if self.info[m][1] == "mean":
                 continue

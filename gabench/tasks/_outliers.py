@@ -21,7 +21,8 @@ MODES: dict[str, tuple[str, ...]] = {
 
 
 class OutlierTasks(TaskFamily):
-    """Wraps a family so that ``round(fraction * T)`` tasks of each meta-train batch are corrupted.
+    """Wraps a family so that ``round(fraction * T)`` tasks of each meta-train batch are corrupted
+    (Python's rounding, half to even: 0.1 of 25 tasks is 2).
 
     Corruption modes:
         - ``shuffle``: targets are permuted across examples (support and query separately),
