@@ -96,9 +96,9 @@ TINY = """
 name = "tiny-report"
 seeds = 2
 [defaults]
-steps = 4
+steps = 8
 meta_batch = 4
-eval_every = 2
+eval_every = 1
 val_tasks = 8
 test_tasks = 16
 [settings]
@@ -141,6 +141,8 @@ def test_report_has_ci_tables_paired_differences_and_figures(tiny_runs, capsys):
     diff = text.split("## Does GA help?")[1]
     assert "`maml+ga` - `maml`" in diff and "P=" in diff
     assert "too few to resolve" in text  # 2 seeds: no difference is called resolved
+    flat = text.split("### Have the curves flattened?")[1].split("\n## ")[0]
+    assert "| `maml` |" in flat and re.search(r"-?\d+%", flat)
     outliers = text.split("## Outlier tasks")[1].split("\n## ")[0]
     assert "| corrupted tasks per meta-training batch | 2 of 4 |" in outliers  # round(0.5 * 4)
     for png in ("curves_loss_post.png", "paired_loss_post.png", "weights_hist.png", "outlier_weights.png"):

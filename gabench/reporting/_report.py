@@ -39,6 +39,9 @@ PRIMARY = ("loss_post", "acc_post")
 #: percentile bootstrap is far too narrow (3 seeds of one sign always give a CI excluding 0, while
 #: a sign test on them has p = 0.25).
 MIN_SEEDS_RESOLVED = 5
+#: A validation curve that made more than this share of its improvement in the last quarter of
+#: training is reported as still improving (``_Report.plateau_shares``).
+PLATEAU_SHARE = 0.10
 
 
 def fmt_interval(iv: Interval) -> str:
@@ -296,6 +299,11 @@ class _Report:
                     text += (f" Relative to the baseline's mean the differences range from "
                              f"{100 * min(rel):+.1f}% to {100 * max(rel):+.1f}%.")
                 lines.append(text)
+        late = self.still_improving()
+        if late:
+            lines.append(f"- Budget: {len(late)} validation-loss curve(s) were still improving at the end "
+                         f"({_names(late)}; see \"Have the curves flattened?\"), so those cells compare "
+                         "methods before convergence.")
         lines += ["", "These statements are generated from the tables below; \"better\"/\"worse\" means the "
                   f"95% bootstrap CI of the paired difference excludes 0 with at least {MIN_SEEDS_RESOLVED} "
                   "paired seeds; it is not a multiple-comparison-corrected test.", ""]
@@ -326,7 +334,57 @@ class _Report:
             plots.learning_curves(self.curve_frames(sel), self.styles, f"val {metric}", self.out / name,
                                   hline=self.hline() if metric == "loss_post" else None, seed=self.seed)
             lines += [f"![validation {metric}]({name})", ""]
+        lines += self.plateau()
         return "\n".join(lines)
+
+    def plateau_shares(self) -> dict[tuple[str, str, str], float]:
+        """Have the validation curves flattened? Share of each curve's improvement made late.
+
+        On the seed-mean curve of val ``loss_post``: ``a`` = its mean over the evaluations in
+        (65%, 75%] of the steps, ``b`` = over the last 10%, ``first`` = the first evaluation;
+        the share is ``(a - b) / (first - b)``: the part of the whole improvement still made in
+        the last quarter or so of training (about 0 when flat, negative when the loss rose).
+        Keys (family_label, setting, method); curves with fewer than 4 evaluations are left out.
+        """
+        val = self.rows("val", "loss_post")
+        out: dict[tuple[str, str, str], float] = {}
+        for (f, s, m), part in val.groupby(["family_label", "setting", "method"], sort=False):
+            curve = part.groupby("step")["value"].mean().sort_index()
+            if len(curve) < 4:
+                continue
+            steps = curve.index.to_numpy(dtype=float) / float(curve.index.max())
+            a, b = curve[(steps > 0.65) & (steps <= 0.75)], curve[steps > 0.9]
+            if a.empty or b.empty or curve.iloc[0] == b.mean():
+                continue
+            out[(f, s, m)] = float((a.mean() - b.mean()) / (curve.iloc[0] - b.mean()))
+        return out
+
+    def still_improving(self) -> list[tuple[str, str, str]]:
+        shares = self.plateau_shares()
+        return [(f, s, m) for m in self.methods for f, s in self.cells
+                if shares.get((f, s, m), 0.0) > PLATEAU_SHARE]
+
+    def plateau(self) -> list[str]:
+        shares = self.plateau_shares()
+        if not shares:
+            return []
+        rows = [[f"`{m}`", *[("–" if (f, s, m) not in shares else f"{100 * shares[(f, s, m)]:.0f}%"
+                               + (" (still improving)" if shares[(f, s, m)] > PLATEAU_SHARE else ""))
+                              for f, s in self.cells]] for m in self.methods]
+        lines = ["### Have the curves flattened?", "",
+                 "Share of each validation-loss curve's improvement (first evaluation to the mean of the "
+                 "last 10% of the steps) still made between about 70% of the steps (mean over the "
+                 "evaluations in 65-75%) and the end, on the mean over seeds: about 0 = flat by then, "
+                 f"negative = the loss rose; above {100 * PLATEAU_SHARE:.0f}% is marked still improving.", "",
+                 _md_table(["method", *map(_col, self.cells)], rows), ""]
+        late = self.still_improving()
+        if late:
+            lines += ["Still improving at the end (a longer budget could change these cells): "
+                      f"{_names(late)}.", ""]
+        else:
+            lines += [f"Every curve had flattened (under {100 * PLATEAU_SHARE:.0f}% of its improvement "
+                      "in the last quarter).", ""]
+        return lines
 
     def hline(self) -> float | None:
         fams = set(self.t.run_table["family"])
@@ -541,6 +599,11 @@ class _Report:
         rows = [[f"`{k}`", v] for k, v in self.t.failures.items()]
         return "\n".join(["## Failed runs", "", "Not in the tables above (the rest of their cell is).", "",
                           _md_table(["run", "reason"], rows), ""])
+
+
+def _names(cells: list[tuple[str, str, str]]) -> str:
+    """```method` on family (setting)`` for each cell, comma-separated."""
+    return ", ".join(f"`{m}` on {f}" + (f" ({s})" if s else "") for f, s, m in cells)
 
 
 def _resolved(d: PairedDifference) -> bool:
