@@ -421,6 +421,9 @@ def report(rows: list[Row], fits: list[tuple[int, float, float]], args: argparse
         "",
         targets(rows),
         "",
+        "GA's cost over mean is also counted in executed instructions, which the machine's load "
+        "does not disturb: `python benchmarks/ga_cost.py` writes [ga_cost.md](ga_cost.md).",
+        "",
         "## All settings",
         "",
         table(rows),
