@@ -368,7 +368,7 @@ class _Report:
         shares = self.plateau_shares()
         if not shares:
             return []
-        rows = [[f"`{m}`", *[("–" if (f, s, m) not in shares else f"{100 * shares[(f, s, m)]:.0f}%"
+        rows = [[f"`{m}`", *[("–" if (f, s, m) not in shares else f"{round(100 * shares[(f, s, m)])}%"
                                + (" (still improving)" if shares[(f, s, m)] > PLATEAU_SHARE else ""))
                               for f, s in self.cells]] for m in self.methods]
         lines = ["### Have the curves flattened?", "",
