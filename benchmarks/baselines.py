@@ -95,6 +95,13 @@ class Gabench(Implementation):
     def step(self, batch: TaskBatch) -> None:
         self.trainer.train_step(batch)
 
+    def update_matrix(self, batch: TaskBatch) -> torch.Tensor:
+        """G (rows g_i = theta - theta'_i) of ``batch`` at the current parameters."""
+        tr = self.trainer
+        with torch.no_grad():
+            adapted, _ = tr.algorithm.adapt(tr.learner, tr.params, batch.support_x, batch.support_y)
+        return tr.algorithm.update_matrix(tr.params, adapted)
+
 
 class _PerTask(Implementation):
     """Shared plumbing of the per-task implementations: own model copy, Adam, aggregator."""

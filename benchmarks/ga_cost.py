@@ -40,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPER_DIR = ROOT / "benchmarks" / ".deps"
+HELPER_LIB = HELPER_DIR / "libcgctl.so"
 UNDER = "GABENCH_GA_COST_CHILD"  # set in the child running under valgrind
 TARGET = 0.05
 HELPER_C = r"""
@@ -56,19 +57,21 @@ def missing_tools() -> str | None:
         return "valgrind is not installed (Debian: apt-get install valgrind)"
     if not Path("/usr/include/valgrind/callgrind.h").exists():
         return "/usr/include/valgrind/callgrind.h is missing (Debian: apt-get install valgrind)"
-    if (HELPER_DIR / "libcgctl.so").exists():
-        return None
-    if (shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")) is None:
+    if not HELPER_LIB.exists() and _compiler() is None:
         return "no C compiler found (set CC or install gcc)"
     return None
 
 
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
 def build_helper() -> Path:
     """Compile the callgrind control helper (once) and return the shared library's path."""
-    lib = HELPER_DIR / "libcgctl.so"
+    lib = HELPER_LIB
     if lib.exists():
         return lib
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    cc = _compiler()
     assert cc is not None  # checked by missing_tools()
     HELPER_DIR.mkdir(parents=True, exist_ok=True)
     src = HELPER_DIR / "cgctl.c"
@@ -88,8 +91,6 @@ def child(args: argparse.Namespace) -> None:
     from baselines import Gabench, Setting
     from run import BETA, POOL, SEED, groups
 
-    from gabench.aggregators import AGGREGATORS
-    from gabench.algorithms import flatten_tasks
     from gabench.tasks import FAMILIES, task_rng
 
     lib = ctypes.CDLL(str(args.helper))
@@ -112,13 +113,8 @@ def child(args: argparse.Namespace) -> None:
             for i in range(args.iterations):
                 impl.step(batches[i % POOL])
             lib.cg_dump(f"step|{name}".encode())
-            tr = impl.trainer
-            with torch.no_grad():
-                adapted, _ = tr.algorithm.adapt(tr.learner, tr.params, batches[0].support_x,
-                                                batches[0].support_y)
-                theta = torch.cat([v.reshape(-1) for v in tr.params.values()])
-                G = theta - flatten_tasks(adapted)
-            aggregator = AGGREGATORS[agg]()
+            G = impl.update_matrix(batches[0])
+            aggregator = impl.trainer.aggregator
             aggregator.weights(G)
             lib.cg_start()
             for _ in range(args.iterations):

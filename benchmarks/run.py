@@ -50,7 +50,6 @@ from baselines import (
 )
 
 from gabench.aggregators import GradientAgreement, Mean
-from gabench.algorithms import flatten_tasks
 from gabench.tasks import FAMILIES, init_generator, task_rng
 from gabench.trainer import Trainer
 
@@ -72,7 +71,6 @@ GA_OVERHEAD_TARGET = 0.05
 class Row:
     setting: Setting
     rates: dict[str, float] = field(default_factory=dict)  # median it/s
-    spread: dict[str, tuple[float, float]] = field(default_factory=dict)  # min, max it/s
     peak: dict[str, float] = field(default_factory=dict)  # MiB
     max_rel_err: dict[str, float] = field(default_factory=dict)
     ga_overhead: float | None = None  # paired measurement, GA rows only
@@ -190,11 +188,7 @@ def weighting_cost(impl: Gabench, batch, reps: int = 500) -> float:
     The rest of a gabench step runs the same ops on the same shapes whatever the weights, so
     this is the whole of GA's extra work: a cross-check of :func:`paired_overhead`.
     """
-    tr = impl.trainer
-    with torch.no_grad():
-        adapted, _ = tr.algorithm.adapt(tr.learner, tr.params, batch.support_x, batch.support_y)
-        theta = torch.cat([v.reshape(-1) for v in tr.params.values()])
-        G = theta - flatten_tasks(adapted)
+    G = impl.update_matrix(batch)
     best = {}
     for agg in (Mean(), GradientAgreement()):
         runs = []
@@ -286,7 +280,6 @@ def run(args: argparse.Namespace) -> list[Row]:
             name, agg = impl.name.split("|")
             row = group_rows[0] if agg == "mean" else group_rows[1]
             row.rates[name] = statistics.median(rates[impl.name])
-            row.spread[name] = (min(rates[impl.name]), max(rates[impl.name]))
             row.peak[name] = peak_mib(impl, batches[1], device)
         # GA's weighting alone, as a fraction of gabench's time per iteration with mean
         group_rows[1].ga_weights = weighting_cost(by_name["gabench|ga"], batches[0]) / per_step
@@ -309,11 +302,6 @@ def ratio(row: Row, other: str) -> float | None:
     return row.rates["gabench"] / row.rates[other]
 
 
-def ga_overhead(row: Row) -> float | None:
-    """gabench's time per iteration with GA over the same with mean, minus 1 (paired)."""
-    return row.ga_overhead
-
-
 def format_row(row: Row) -> str:
     s = row.setting
     rates = " ".join(f"{n}={fmt(row.rates.get(n))}" for n in IMPLS if n in row.rates)
@@ -327,7 +315,7 @@ def table(rows: list[Row]) -> str:
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for row in rows:
         s = row.setting
-        ga = ga_overhead(row)
+        ga = row.ga_overhead
         lines.append(
             f"| {s.method} | {s.meta_batch} | {s.inner_steps} | {s.aggregator} | "
             + " | ".join(fmt(row.rates.get(n)) for n in IMPLS) + " | "
@@ -348,7 +336,7 @@ def targets(rows: list[Row]) -> str:
             met = "n/a" if got is None else ("yes" if got >= want else "no")
             lines.append(f"| {name}, T={T}, {steps} step(s), {agg}: gabench >= {want:.0f}x {other} | "
                          f"{fmt(got, '.1f')}x | {met} |")
-    worst = [(ga_overhead(r), r) for r in rows if r.setting.aggregator == "ga"]
+    worst = [(r.ga_overhead, r) for r in rows if r.setting.aggregator == "ga"]
     worst = [(g, r) for g, r in worst if g is not None]
     if worst:
         g, r = max(worst, key=lambda t: t[0])

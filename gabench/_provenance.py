@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import subprocess
 from pathlib import Path
@@ -21,12 +22,14 @@ def source_hash() -> str:
     return h.hexdigest()[:8]
 
 
+@functools.cache
 def git_commit() -> str:
     """The git commit of the gabench source tree, or ``""`` outside a git checkout.
 
     With uncommitted changes to the tracked source (the package and pyproject.toml; reports and
     other outputs do not count) the result is ``<commit>+dirty.<source hash>``
     (:func:`source_hash`), so runs made from different uncommitted states are told apart.
+    Computed once per process (the code a process runs does not change under it).
     """
     root = _PACKAGE.parent
     try:

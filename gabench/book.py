@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -253,6 +252,7 @@ def textbook_section(tables: Any, out_dir: Path) -> str:
     seeds), so the text follows the numbers.
     """
     from gabench.reporting._plots import plt
+    from gabench.reporting._report import _md_table
     from gabench.reporting._report import fmt_interval as fmt
     from gabench.reporting._stats import bootstrap_ci, bootstrap_ci_columns
 
@@ -273,7 +273,6 @@ def textbook_section(tables: Any, out_dir: Path) -> str:
             "last_below_first": float((p[:, -1] < p[:, 0]).mean()),
             "level": bootstrap_ci(p.mean(axis=1)), "init": bootstrap_ci(test["loss_init"].to_numpy()),
             "final": bootstrap_ci(test["loss_pre"].to_numpy()),
-            "post": bootstrap_ci(test["loss_post"].to_numpy()),
             "gain": bootstrap_ci((test["loss_pre"] - test["loss_init"]).to_numpy()),
             "below_ln2": float((test["loss_pre"] < LN2).mean()),
             "theta": bootstrap_ci(test["theta_change"].to_numpy()),
@@ -336,8 +335,7 @@ def textbook_section(tables: Any, out_dir: Path) -> str:
     header = ["variant", "printed loss (mean)", "fitted change over 100 epochs", "seeds with a downward fit",
               "epoch-to-epoch noise (sd)", "held-out loss, initial", "held-out loss, final",
               "held-out change", "norm of theta - theta_0"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [_md_table(header, rows)]
     lines += ["", "Mean over seeds [95% bootstrap CI over seeds]. ||theta_0|| is about 7 (50 coordinates "
               "drawn from N(0, 1)).", "", "What this measures:", ""]
     lines.append(f"- As published, {_direction(st['change'], fmt, 'the printed loss')} over the 100 epochs "
@@ -415,7 +413,7 @@ def _textbook_done(path: Path, seeds: int) -> bool:
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    from gabench.compare import run_study
+    from gabench.compare import _write_parquet, run_study
     from gabench.reporting import report_study
     from gabench.study import load_study
 
@@ -428,9 +426,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     else:
         table = textbook_table(seeds)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".textbook.parquet.tmp-{os.getpid()}"
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        _write_parquet(path, table)
         print(f"textbook example as published (and ablations): {seeds} seeds -> {path}")
     result = run_study(study, args.out_root, args.workers, threads=1, redo_changed=args.redo_changed)
     if result.failures:

@@ -57,6 +57,15 @@ def closed_form(theta, data, alpha, steps, weights, second_order):
     return total, adapted
 
 
+def reptile_ga_by_hand(theta, data, alpha, steps):
+    """Reptile with GA weights by hand: ``(w, sum_i w_i g_i, adapted)`` for ``g_i = theta - theta'_i``."""
+    _, adapted = closed_form(theta, data, alpha, steps, np.ones(data[0].shape[0]), second_order=False)
+    G = np.stack([(theta - a).ravel() for a in adapted])
+    s = G @ G.sum(axis=0)
+    w = s / np.abs(s).sum()
+    return w, w @ G, adapted
+
+
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("aggregator", [Mean(), GradientAgreement()])
 def test_second_order_maml_equals_closed_form(steps, aggregator):
@@ -87,12 +96,9 @@ def test_reptile_update_equals_hand_computation():
     learner = Learner(model, mse)
     params = dict(model.named_parameters())
     res = Reptile(alpha=0.1, inner_steps=5).step(learner, params, batch, GradientAgreement())
-    _, adapted = closed_form(theta, data, 0.1, 5, np.ones(3), second_order=False)
-    G = np.stack([(theta - a).ravel() for a in adapted])
-    s = G @ G.sum(axis=0)
-    w = s / np.abs(s).sum()
+    w, direction, adapted = reptile_ga_by_hand(theta, data, 0.1, 5)
     np.testing.assert_allclose(res.weights.numpy(), w, rtol=1e-10)
-    np.testing.assert_allclose(res.direction["theta"].numpy().ravel(), w @ G, rtol=1e-10)
+    np.testing.assert_allclose(res.direction["theta"].numpy().ravel(), direction, rtol=1e-10)
     # An SGD outer step of size beta moves theta to theta + beta * sum_i w_i (theta'_i - theta).
     beta = 0.5
     opt = torch.optim.SGD(model.parameters(), lr=beta)

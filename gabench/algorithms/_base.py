@@ -247,12 +247,18 @@ class Algorithm(ABC):
         return StepResult(direction, weights, support_loss, query_loss)
 
     @staticmethod
+    def update_matrix(params: Params, adapted: Params) -> torch.Tensor:
+        """The update vectors ``g_i = theta - theta'_i`` as rows of a (n_tasks, n_params) matrix
+        (constants)."""
+        with torch.no_grad():
+            theta = torch.cat([v.reshape(-1) for v in params.values()])
+            return theta - flatten_tasks(adapted)
+
+    @staticmethod
     def task_weights(params: Params, adapted: Params, aggregator: Aggregator) -> torch.Tensor:
         """The aggregator's weights of the update vectors ``g_i = theta - theta'_i`` (constants)."""
         with torch.no_grad():
-            theta = torch.cat([v.reshape(-1) for v in params.values()])
-            G = theta - flatten_tasks(adapted)  # row i: g_i
-            return aggregator.weights(G)
+            return aggregator.weights(Algorithm.update_matrix(params, adapted))
 
     def evaluate(self, learner: Learner, params: Params, batch: TaskBatch,
                  steps: int | None = None) -> dict[str, torch.Tensor]:

@@ -210,19 +210,3 @@ def by_setting(data: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarra
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     return _save(fig, path, _legend_from(axes))
-
-
-def bars(labels: list[str], means: np.ndarray, lows: np.ndarray, highs: np.ndarray, colours: list[str],
-         ylabel: str, path: Path, title: str = "") -> Path:
-    """A bar per label with CI whiskers."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) + 2), 3.6))
-    x = np.arange(len(labels))
-    err = np.vstack([means - lows, highs - means])
-    err = np.where(np.isfinite(err), err, 0)
-    ax.bar(x, means, color=colours, yerr=err, capsize=4, alpha=0.85)
-    ax.set_xticks(x, labels, rotation=20, ha="right")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)

@@ -3,12 +3,12 @@ differences, learning curves, weight diagnostics and wall-clock, from result tab
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -203,7 +203,7 @@ class _Report:
 
     def seeds_note(self) -> str:
         n = self.n_seeds.min() if len(self.n_seeds) else 0
-        if n < 5:
+        if n < MIN_SEEDS_RESOLVED:
             return (f"With {n} seeds per cell the bootstrap interval is coarse and too narrow; read it as "
                     "a rough indication, not a test.")
         return f"{n} seeds per cell (at least)."
@@ -276,7 +276,7 @@ class _Report:
                 def names(cs: list[tuple[str, str, str]]) -> str:
                     return ", ".join(f"{f}" + (f" ({s})" if s else "") for f, s, _ in cs)
 
-                if all(_resolved(d) or d.n >= MIN_SEEDS_RESOLVED for _, d in cells):
+                if all(d.n >= MIN_SEEDS_RESOLVED for _, d in cells):
                     better = [c for c, d in cells if _resolved(d) and (d.diff.mean < 0) == lower]
                     worse = [c for c, d in cells if _resolved(d) and (d.diff.mean < 0) != lower]
                     text = (f"- `{ga}` vs `{base}`, `{metric}`: GA better in {len(better)} of {n} cells"
@@ -337,6 +337,7 @@ class _Report:
         lines += self.plateau()
         return "\n".join(lines)
 
+    @functools.cached_property
     def plateau_shares(self) -> dict[tuple[str, str, str], float]:
         """Have the validation curves flattened? Share of each curve's improvement made late.
 
@@ -360,12 +361,12 @@ class _Report:
         return out
 
     def still_improving(self) -> list[tuple[str, str, str]]:
-        shares = self.plateau_shares()
+        shares = self.plateau_shares
         return [(f, s, m) for m in self.methods for f, s in self.cells
                 if shares.get((f, s, m), 0.0) > PLATEAU_SHARE]
 
     def plateau(self) -> list[str]:
-        shares = self.plateau_shares()
+        shares = self.plateau_shares
         if not shares:
             return []
         rows = [[f"`{m}`", *[("–" if (f, s, m) not in shares else f"{round(100 * shares[(f, s, m)])}%"
@@ -656,8 +657,3 @@ def _stats_note(seed: int) -> str:
 
 def _git() -> str:
     return git_commit() or "unknown"
-
-
-def report_metadata() -> dict[str, Any]:
-    """gabench version and commit of the code writing a report."""
-    return {"gabench_version": __version__, "git_commit": _git()}
