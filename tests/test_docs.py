@@ -239,6 +239,14 @@ def test_pretrain_direction_equals_a_per_task_loop(examples, fast_path):
             expected[k] += res.weights[i] * g
     for k in params:
         torch.testing.assert_close(res.direction[k], expected[k], rtol=1e-5, atol=1e-6)
+    # the per-task rows, for aggregators that combine per-task outer gradients
+    grads, support_loss, query_loss = examples[2].Pretrain(alpha=0.05).outer_gradients(learner, params, batch)
+    for i in range(4):
+        loss = lines.loss(model(batch.query_x[i]), batch.query_y[i])
+        for k, g in zip(params, torch.autograd.grad(loss, list(params.values())), strict=True):
+            torch.testing.assert_close(grads[k][i], g, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(support_loss, res.support_loss)
+    torch.testing.assert_close(query_loss, res.query_loss)
 
 
 def test_examples_run_together(examples):

@@ -35,6 +35,7 @@ class SoftAgreement(Aggregator):
 
     name = "soft-agreement"
     description = "Softmax of the relative GA weights T*w_ga / temperature: positive, sums to 1"
+    param_help = {"temperature": "softmax temperature > 0 (large: the mean; small: the most agreeing task)"}
 
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = check_positive("temperature", temperature)

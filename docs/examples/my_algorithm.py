@@ -40,7 +40,7 @@ class Pretrain(Algorithm):
 
     def outer_direction(self, learner: Learner, params: Params, adapted: Params,
                         batch: TaskBatch, weights: torch.Tensor) -> tuple[Params, torch.Tensor]:
-        """The outer direction and the per-task query losses after adaptation (detached).
+        """The weighted outer direction and the per-task query losses after adaptation.
 
         Args:
             learner: The model and loss.
@@ -51,8 +51,8 @@ class Pretrain(Algorithm):
             weights: Tensor of shape (n_tasks,), constants.
 
         Returns:
-            The direction per parameter (each of the parameter's shape) and the query losses,
-            shape (n_tasks,).
+            The direction per parameter (each of the parameter's shape) and the query losses
+            (detached), shape (n_tasks,).
         """
         grads, _ = learner.batch_grad(params, batch.query_x, batch.query_y, per_task=False,
                                       create_graph=False)
@@ -60,6 +60,29 @@ class Pretrain(Algorithm):
         with torch.no_grad():
             query_loss = learner.batch_loss(adapted, batch.query_x, batch.query_y)
         return direction, query_loss
+
+    def outer_gradients(self, learner: Learner, params: Params,
+                        batch: TaskBatch) -> tuple[Params, torch.Tensor, torch.Tensor]:
+        """Every task's own outer gradient ``grad L_query_i(theta)``, batched over tasks.
+
+        The rows that aggregators combining per-task outer gradients (rather than weighting the
+        inner updates) receive.
+
+        Args:
+            learner: The model and loss.
+            params: Meta-parameters theta.
+            batch: The meta-batch.
+
+        Returns:
+            The per-task gradients, each of shape (n_tasks, *param_shape) (constants), the
+            support losses before adaptation and the query losses after it, shapes (n_tasks,).
+        """
+        with torch.no_grad():
+            adapted, support_loss = self.adapt(learner, params, batch.support_x, batch.support_y)
+            query_loss = learner.batch_loss(adapted, batch.query_x, batch.query_y)
+        grads, _ = learner.batch_grad(params, batch.query_x, batch.query_y, per_task=False,
+                                      create_graph=False)
+        return grads, support_loss, query_loss
 
 
 def register() -> None:

@@ -37,3 +37,21 @@ def test_direction_equals_a_per_task_loop():
             expected[k] += res.weights[i] * g
     for k in params:
         torch.testing.assert_close(res.direction[k], expected[k], rtol=1e-5, atol=1e-6)
+
+
+def test_outer_gradients_are_the_per_task_gradients():
+    family = Sine(shots=5, query_shots=5, hidden=8)
+    model = family.make_model(init_generator(0, "sine"))
+    params = dict(model.named_parameters())
+    batch = family.sample(3, "train", task_rng(1, "sine", "train"))
+    learner = Learner(model, family.loss, loss_kind="mse")
+    grads, support_loss, query_loss = Pretrain(alpha=0.01).outer_gradients(learner, params, batch)
+    for i in range(3):
+        loss = family.loss(model(batch.query_x[i]), batch.query_y[i])
+        for (k, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values())),
+                             strict=True):
+            torch.testing.assert_close(grads[k][i], g, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(support_loss[i], family.loss(model(batch.support_x[i]),
+                                                                    batch.support_y[i]))
+    assert query_loss.shape == (3,)
