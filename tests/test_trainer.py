@@ -185,3 +185,31 @@ def test_a_plug_in_family_need_not_be_registered():
     assert tr.run_info["family"] == "my-sine" and tr.config["family"] == "my-sine"
     assert tr.config["alpha"] == 0.03 == tr.algorithm.alpha
     assert tr.fit().test["loss_post"].n == 3
+
+
+def test_the_mlflow_tracker_records_a_failure_through_on_fail(tmp_path):
+    """One place records a failed run: the trainer calls on_fail, the tracker marks its MLflow run."""
+    from mlflow import MlflowClient
+
+    from gabench.tracking import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    diverging = RunConfig(family="sine", alpha=50.0, beta=10.0, optimizer="sgd", steps=60, meta_batch=4,
+                          test_tasks=5)
+    failed = MLflowTracker(uri, "t")
+    with pytest.raises(DivergedError):
+        Trainer(diverging, [failed], progress=False).fit()
+
+    class Interrupt(Callback):
+        def on_train_log(self, steps, metrics):
+            raise KeyboardInterrupt
+
+    killed = MLflowTracker(uri, "t")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(RunConfig(family="sine", steps=3, meta_batch=3, test_tasks=3), [killed, Interrupt()],
+                progress=False).fit()
+    client = MlflowClient(uri)
+    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("t").experiment_id])}
+    assert runs[failed.run_id].info.status == "FAILED"
+    assert runs[failed.run_id].data.tags["failure_reason"].startswith("DivergedError: training diverged")
+    assert runs[killed.run_id].info.status == "KILLED"

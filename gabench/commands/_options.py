@@ -12,16 +12,16 @@ import dataclasses
 from typing import Any
 
 from gabench.commands._parser import key_value
-from gabench.config import RUN_SETTINGS, RunConfig
+from gabench.config import FAMILY_SIZE_PARAMS, RUN_SETTINGS, RunConfig
 
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str}
 _METAVARS = {"int": "N", "float": "X"}
-#: The family parameters most families share, as their own options.
-FAMILY_SIZE_OPTIONS = (
-    ("shots", "support examples per class (per task for regression)"),
-    ("query_shots", "query examples per class (or per task)"),
-    ("ways", "classes per task (N-way families)"),
-)
+#: Help of the family parameters most families share, which get their own options.
+_FAMILY_SIZE_HELP = {
+    "shots": "support examples per class (per task for regression)",
+    "query_shots": "query examples per class (or per task)",
+    "ways": "classes per task (N-way families)",
+}
 
 
 def run_defaults() -> dict[str, Any]:
@@ -37,9 +37,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     for name, decl in RUN_SETTINGS.items():
         g = groups[decl.group]
         if decl.kind == "params":
-            for key, text in FAMILY_SIZE_OPTIONS:
+            for key in FAMILY_SIZE_PARAMS:
                 g.add_argument(f"--{key.replace('_', '-')}", type=int, metavar="N",
-                               help=f"{text}; the family parameter {key}")
+                               help=f"{_FAMILY_SIZE_HELP[key]}; the family parameter {key}")
             g.add_argument("-P", "--param", action="append", type=key_value, default=[],
                            metavar="KEY=VALUE", help="family parameter (repeatable; see gabench list)")
             continue
@@ -57,7 +57,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The validated :class:`RunConfig` that the parsed options describe."""
     family_params: dict[str, Any] = dict(args.param)
-    for key, _ in FAMILY_SIZE_OPTIONS:
+    for key in FAMILY_SIZE_PARAMS:
         value = getattr(args, key)
         if value is not None:
             family_params[key] = value
