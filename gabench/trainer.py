@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,8 +57,8 @@ class Callback:
     def on_fail(self, exc: BaseException) -> None:
         """The run stopped without a result: ``exc`` is what stopped it (a :class:`DivergedError`,
         any other exception, ``KeyboardInterrupt``, or what a callback raised, such as Optuna's
-        ``TrialPruned``). The trainer re-raises ``exc`` afterwards; an error raised here is
-        ignored, so that the run's own error is the one reported."""
+        ``TrialPruned``). The trainer re-raises ``exc`` afterwards; an error raised here becomes
+        a ``RuntimeWarning``, so that the run's own error is the one raised."""
 
 
 class Trainer:
@@ -198,8 +199,9 @@ class Trainer:
             for cb in self.callbacks:
                 try:
                     cb.on_fail(exc)
-                except Exception:  # noqa: BLE001 - the run's own error is the one to report
-                    pass
+                except Exception as err:  # the run's own error is the one to raise
+                    warnings.warn(f"{type(cb).__name__}.on_fail failed: {type(err).__name__}: {err}",
+                                  RuntimeWarning, stacklevel=2)
             raise
         finally:
             torch.set_num_threads(previous)

@@ -148,7 +148,7 @@ def test_on_fail_gets_what_a_callback_raised_and_a_broken_on_fail_changes_nothin
 
     record = RecordFail()
     cfg = RunConfig(family="sine", steps=4, meta_batch=3, eval_every=2, val_tasks=3, test_tasks=3)
-    with pytest.raises(error, match="stop"):
+    with pytest.raises(error, match="stop"), pytest.warns(RuntimeWarning, match="Broken.on_fail failed"):
         Trainer(cfg, [Broken(), Stop(), record], progress=False).fit()
     assert len(record.failed) == 1 and isinstance(record.failed[0], error)
 
