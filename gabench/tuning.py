@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 
 from gabench._errors import ConfigError, check_choice, check_int, check_positive
-from gabench.config import RunConfig
+from gabench.config import MAX_LEARNING_RATE, RunConfig
 from gabench.results import Summary
 from gabench.trainer import Callback, DivergedError, Trainer
 
@@ -84,8 +84,9 @@ class TuneConfig:
         if self.objective == "acc" and self.base.build_family().task_type != "classification":
             raise ConfigError("--objective", "acc", f"loss for regression family {self.base.family!r}")
         for name, (lo, hi) in (("--alpha-range", self.alpha_range), ("--beta-range", self.beta_range)):
-            if not (check_positive(name, lo) < check_positive(name, hi)):
-                raise ConfigError(name, f"{lo} {hi}", "LOW HIGH with 0 < LOW < HIGH")
+            if not (check_positive(name, lo) < check_positive(name, hi) <= MAX_LEARNING_RATE):
+                raise ConfigError(name, f"{lo} {hi}",
+                                  f"LOW HIGH with 0 < LOW < HIGH <= {MAX_LEARNING_RATE:g}")
         for name, rng in (("--tune-inner-steps", self.inner_steps_range),
                           ("--tune-meta-batch", self.meta_batch_range)):
             if rng is not None and not (check_int(name, rng[0]) < check_int(name, rng[1])):
@@ -201,17 +202,11 @@ def make_objective(tc: TuneConfig, parent_run_id: str | None) -> Callable[[optun
                                     tags={"optuna_study": tc.study_name,
                                           "optuna_trial": str(trial.number)})
             callbacks.append(tracker)
-        try:
-            result = Trainer.from_config(config, callbacks, progress=False).fit()
+        try:  # a failure is recorded by the callbacks' on_fail (the MLflow run: FAILED or KILLED)
+            result = Trainer(config, callbacks, progress=False).fit()
         except DivergedError as exc:
             trial.set_user_attr("reason", str(exc))
-            if tracker is not None:
-                tracker.fail(str(exc))
             raise optuna.TrialPruned(str(exc)) from None
-        except optuna.TrialPruned as exc:
-            if tracker is not None:
-                tracker.fail(str(exc), "KILLED")
-            raise
         if tracker is not None:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
         for name, s in result.test.items():

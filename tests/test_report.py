@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gabench.cli import main
+from gabench.commands import main
+from gabench.commands.report import report_study
 from gabench.compare import run_study
 from gabench.reporting import (
     Interval,
@@ -17,7 +18,6 @@ from gabench.reporting import (
     bootstrap_ci_columns,
     fmt_interval,
     paired_difference,
-    report_study,
     roc_auc_rows,
 )
 from gabench.study import load_study

@@ -16,7 +16,7 @@ from gabench.reporting._stats import bootstrap_ci_columns  # noqa: E402
 
 _COLOURS = {"maml": "#1f77b4", "fomaml": "#2ca02c", "reptile": "#d62728"}
 _EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-_STYLES = {"mean": "-", "ga": "--", "ga-book": ":"}
+_STYLES = {"mean": "-", "ga": "--", "ga-textbook": ":"}
 
 
 def method_styles(info: dict[str, tuple[str, str, bool]]) -> dict[str, dict[str, object]]:

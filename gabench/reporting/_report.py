@@ -389,7 +389,7 @@ class _Report:
 
     def hline(self) -> float | None:
         fams = set(self.t.run_table["family"])
-        return math.log(2) if fams == {"book-binary"} else None
+        return math.log(2) if fams == {"textbook-binary"} else None
 
     def curve_frames(self, sel: pd.DataFrame, smooth: bool = False) -> dict:
         out: dict[tuple[str, str], dict[str, pd.DataFrame]] = {}
