@@ -252,9 +252,10 @@ def textbook_section(tables: Any, out_dir: Path) -> str:
     seeds), so the text follows the numbers.
     """
     from gabench.reporting._plots import plt
-    from gabench.reporting._report import _md_table
-    from gabench.reporting._report import fmt_interval as fmt
-    from gabench.reporting._stats import bootstrap_ci, bootstrap_ci_columns
+    from gabench.reporting._render import fmt_interval as fmt
+    from gabench.reporting._render import md_table as _md_table
+    from gabench.reporting._stats import mean_interval as bootstrap_ci
+    from gabench.reporting._stats import t_interval_columns as bootstrap_ci_columns
 
     tb: pd.DataFrame = tables.extra["textbook"]
     methods = list(dict.fromkeys(tb["method"]))
