@@ -157,14 +157,14 @@ def test_aggregates_match_pooled_mean_and_scipy_trim_mean():
     assert 0.6 * t_width < width < 1.3 * t_width
 
 
-def test_probability_of_improvement_matches_mann_whitney_by_hand():
-    x = [np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0])]
-    y = [np.array([2.0, 2.0]), np.array([1.0, 1.0, 1.0])]
-    # family 1: pairs (x > y) = 1 (3 > both: 2 pairs), ties 2 (x=2): (2 + 0.5 * 2) / 6 = 0.5
-    # family 2: 0 / 6 = 0. Mean 0.25 (higher is better); for losses the mirror: 1 - 0.25
-    poi = probability_of_improvement(x, y, lower_is_better=False)
-    assert poi.mean == pytest.approx(0.25) and 0 <= poi.low <= poi.mean <= poi.high <= 1
-    assert probability_of_improvement(x, y, lower_is_better=True).mean == pytest.approx(0.75)
+def test_probability_of_improvement_by_hand():
+    d = [np.array([1.0, 0.0, -2.0, 3.0]), np.array([-1.0, -1.0])]
+    # family 1: 2 better + 1 tie of 4 = 2.5 / 4; family 2: 0 of 2. Mean over families 0.3125
+    poi = probability_of_improvement(d, lower_is_better=False)
+    assert poi.mean == pytest.approx(0.3125) and 0 <= poi.low <= poi.mean <= poi.high <= 1
+    assert probability_of_improvement(d, lower_is_better=True).mean == pytest.approx(1 - 0.3125)
+    sure = probability_of_improvement([np.full(5, 0.1), np.full(5, 0.2)], lower_is_better=False)
+    assert (sure.mean, sure.low, sure.high) == (1.0, 1.0, 1.0)
 
 
 def test_roc_auc_matches_scikit_learn():

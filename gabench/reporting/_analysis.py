@@ -210,28 +210,22 @@ def aggregates(data: ReportData, metric: str, select: str, seed: int = 0) -> pd.
     """Aggregates across cells per compared pair, rliable-style, with stratified bootstrap CIs.
 
     - ``mean`` and ``iqm`` of :func:`normalised_scores` pooled over cells and seeds;
-    - ``p_improve``: probability that a run of the method beats a run of its baseline, per cell
-      (Mann-Whitney), averaged over cells.
+    - ``p_improve``: share of seeds on which the method beats its baseline on the same seed, per
+      cell, averaged over cells (:func:`~gabench.reporting._stats.probability_of_improvement`).
 
     Returns:
         Columns method, baseline, metric, select, statistic, estimate, low, high, n_cells, n_runs,
         interval.
     """
     scores = normalised_scores(data, metric, select)
-    vals = seed_values(data, metric, select)
-    lower = metric in LOWER_IS_BETTER
     rows = []
     for (method, base), part in scores.groupby(["method", "baseline"], sort=False):
         cells = list(dict.fromkeys(zip(part["family_label"], part["setting"], strict=True)))
         per_cell = [part[(part.family_label == f) & (part.setting == s)]["score"].to_numpy()
                     for f, s in cells]
         stats_ = aggregate_scores(per_cell, rng=seed)
-
-        def values(m: str, cells: list[tuple[str, str]] = cells) -> list[np.ndarray]:
-            return [vals[(vals.family_label == f) & (vals.setting == s) & (vals.method == m)]["value"]
-                    .to_numpy() for f, s in cells]
-
-        stats_["p_improve"] = probability_of_improvement(values(method), values(base), lower, rng=seed)
+        # scores are signed so that > 0 is better: the paired probability of improvement reads them
+        stats_["p_improve"] = probability_of_improvement(per_cell, lower_is_better=False, rng=seed)
         for name, iv in stats_.items():
             rows.append((method, base, metric, select, name, iv.mean, iv.low, iv.high, len(cells),
                          int(part.shape[0]), iv.method))
@@ -288,19 +282,23 @@ def convergence_of(curve: pd.DataFrame) -> dict[str, float | str | int]:
     With the steps scaled to [0, 1] and per seed: ``final`` = mean of the evaluations after 0.9,
     ``late`` = ``final`` minus the mean of the evaluations in (0.65, 0.75] (the change over the
     last quarter or so), ``rise`` = ``final`` minus the value at the best step of the seed-mean
-    curve. ``noise`` = the standard error over seeds of ``final`` (what the comparisons' intervals
-    are made of; 0 with one seed). The curve is
+    curve. The between-seed noise of each is twice its standard error over seeds (``2 sd / sqrt(n)``;
+    0 with one seed): a change smaller than that may be evaluation noise. The curve is
 
     - ``still improving`` when the mean late change is below ``-max(LATE_REL |final|, noise)``;
     - ``rising (overfitting)`` when the mean late change is above ``max(LATE_REL |final|, noise)``,
-      or the mean rise above the best step exceeds ``max(RISE_REL |final|, noise)``;
+      or the mean rise above the best step exceeds ``max(RISE_REL |final|, its noise)``;
     - ``flat`` otherwise.
+
+    The share of the whole improvement since initialisation made late (the earlier rule) hides a
+    slow tail after a steep start; this rule compares the late change with the level reached.
 
     Args:
         curve: DataFrame with index step and one column per seed (loss values; lower is better).
 
     Returns:
-        Dict with n_seeds, final, late_change, late_rel, rise, rise_rel, noise, best_step, flag.
+        Dict with n_seeds, final, late_change, late_rel, late_noise, rise, rise_rel, rise_noise,
+        best_step, flag.
     """
     frame = curve.dropna(axis=1).sort_index()
     steps = frame.index.to_numpy(dtype=float)
@@ -308,7 +306,8 @@ def convergence_of(curve: pd.DataFrame) -> dict[str, float | str | int]:
     n = v.shape[0]
     if n == 0 or len(steps) < 4:
         return {"n_seeds": n, "final": math.nan, "late_change": math.nan, "late_rel": math.nan,
-                "rise": math.nan, "rise_rel": math.nan, "noise": math.nan, "best_step": math.nan,
+                "late_noise": math.nan, "rise": math.nan, "rise_rel": math.nan, "rise_noise": math.nan,
+                "best_step": math.nan,
                 "flag": "too short"}
     x = (steps - steps[0]) / (steps[-1] - steps[0])
     late = x > 0.9
@@ -320,17 +319,21 @@ def convergence_of(curve: pd.DataFrame) -> dict[str, float | str | int]:
     best = int(np.argmin(v.mean(axis=0)))
     rise = final - v[:, best]
     fm = float(final.mean())
-    noise = float(final.std(ddof=1) / math.sqrt(n)) if n >= 2 else 0.0
+    def noise(x: np.ndarray) -> float:
+        return float(2 * x.std(ddof=1) / math.sqrt(n)) if n >= 2 else 0.0
+
+    late_noise, rise_noise = noise(change), noise(rise)
     scale = abs(fm) if fm else 1.0
     dc, dr = float(change.mean()), float(rise.mean())
-    if dc < -max(LATE_REL * scale, noise):
+    if dc < -max(LATE_REL * scale, late_noise):
         flag = "still improving"
-    elif dc > max(LATE_REL * scale, noise) or dr > max(RISE_REL * scale, noise):
+    elif dc > max(LATE_REL * scale, late_noise) or dr > max(RISE_REL * scale, rise_noise):
         flag = "rising (overfitting)"
     else:
         flag = "flat"
-    return {"n_seeds": n, "final": fm, "late_change": dc, "late_rel": dc / scale, "rise": dr,
-            "rise_rel": dr / scale, "noise": noise, "best_step": float(steps[best]), "flag": flag}
+    return {"n_seeds": n, "final": fm, "late_change": dc, "late_rel": dc / scale, "late_noise": late_noise,
+            "rise": dr, "rise_rel": dr / scale, "rise_noise": rise_noise, "best_step": float(steps[best]),
+            "flag": flag}
 
 
 def convergence(data: ReportData) -> pd.DataFrame:

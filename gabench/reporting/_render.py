@@ -224,13 +224,13 @@ class _Sections:
             return ", ".join(_where(r.family_label, r.setting) for r in sel.itertuples())
 
         nb, nw = int((part["verdict"] == "better").sum()), int((part["verdict"] == "worse").sum())
-        text = (f"- `{method}` vs `{base}`, `{metric}`: better in {nb} of {len(part)} cells"
+        text = (f"- `{method}` vs `{base}`, `{metric}`: better in {nb} of {len(part)} cell(s)"
                 + (f" ({names('better')})" if nb else "") + f", worse in {nw}"
                 + (f" ({names('worse')})" if nw else "")
                 + f", unresolved in {len(part) - nb - nw}.")
         raw = int((part["p_value"] < ALPHA).sum())
         if raw != nb + nw:
-            text += f" (Before correction {raw} cells had p < {ALPHA:g}.)"
+            text += f" (Before the Holm correction {raw} cell(s) had p < {ALPHA:g}.)"
         rel = (part["diff_mean"] / part["baseline_mean"].abs()).replace([np.inf, -np.inf], np.nan).dropna()
         if len(rel):
             text += (f" Relative to the baseline's mean the differences range from {100 * rel.min():+.1f}% "
@@ -253,7 +253,7 @@ class _Sections:
                  f"meta-test tasks.", ""]
         for select in self.selects:
             metrics = self.metrics if select == self.primary else [m for m in self.metrics if m in an.PRIMARY]
-            tag = "primary" if select == self.primary else "secondary"
+            tag = "primary selection" if select == self.primary else "secondary selection"
             for metric in metrics:
                 ivs = an.cell_intervals(an.seed_values(self.d, metric, select), self.seed)
                 if ivs.empty:
@@ -274,7 +274,8 @@ class _Sections:
         if not self.pairs:
             return "\n".join(lines + ["No method with a baseline in this study.", ""])
         for select in self.selects:
-            for metric in self.metrics:
+            metrics = self.metrics if select == self.primary else [m for m in self.metrics if m in an.PRIMARY]
+            for metric in metrics:
                 part = self.comp[(self.comp["metric"] == metric) & (self.comp["select"] == select)]
                 if part.empty:
                     continue
@@ -317,10 +318,11 @@ class _Sections:
                  f"Per cell and seed, the normalised score is the method's improvement over its baseline on "
                  f"the same seed relative to the baseline's mean in that cell (`+-(method - baseline) / "
                  f"|baseline mean|`, positive = better; 5% = 5% better). Mean and interquartile mean (IQM, "
-                 f"the mean of the middle 50% of runs) pool all cells and seeds; P(improve) = probability "
-                 f"that a run of the method beats a run of its baseline in the same cell (ties one half), "
-                 f"averaged over cells. Intervals: {LEVEL:.0%} stratified bootstrap (seeds resampled within "
-                 f"each cell), BCa with >= {BOOTSTRAP_MIN_N} runs, percentile below.", ""]
+                 f"the mean of the middle 50% of runs) pool all cells and seeds; P(improve) = the share of "
+                 f"seeds on which the method beats its baseline on the same seed (ties one half), averaged "
+                 f"over cells (the paired form of rliable's probability of improvement). Intervals: "
+                 f"{LEVEL:.0%} stratified bootstrap (seeds resampled within each cell), BCa with >= "
+                 f"{BOOTSTRAP_MIN_N} runs, percentile below.", ""]
         for select in self.selects:
             a = self.agg[self.agg["select"] == select]
             rows = []
@@ -436,10 +438,10 @@ class _Sections:
                 f"those in 65-75%), and **rise** = the final value minus the value at the best step of the "
                 f"seed-mean curve, both relative to the final value (late change / rise). A curve is **still "
                 f"improving** when it fell by more than {100 * an.LATE_REL:g}% of its final value and more "
-                f"than the standard error over seeds of the final value; **rising (overfitting)** when it "
-                f"rose by as much, or ended more than {100 * an.RISE_REL:g}% (and that standard error) above "
-                f"its best step. The rule sees a slow tail that a share of the whole improvement from "
-                f"initialisation hides.", "",
+                f"than twice its standard error over seeds (its between-seed noise); **rising "
+                f"(overfitting)** when it rose by as much, or ended more than {100 * an.RISE_REL:g}% (and "
+                f"twice that rise's standard error) above its best step. Unlike the share of the whole "
+                f"improvement since initialisation, this sees a slow tail after a steep start.", "",
                 md_table(["method", *map(_col, self.cells)], rows), ""]
 
     # ------------------------------------------------------------------ weights
@@ -579,10 +581,11 @@ class _Sections:
             f"{self.req.n_tests} tests needs >= {self.req.rank_test_min} seeds; this study has "
             f"{self.req.n_seeds}.",
             "- Aggregates across cells follow Agarwal et al. (NeurIPS 2021, rliable): mean and IQM of "
-            "normalised scores and the probability of improvement with stratified bootstrap intervals, "
-            "computed with scipy (`scipy.stats.bootstrap` with one sample per cell, `scipy.stats.trim_mean`, "
-            "`scipy.stats.mannwhitneyu`). The `rliable` package itself (1.2.0) was not used: it imports "
-            "`arch`, whose release fails to import under pandas 3.",
+            "normalised scores and the probability of improvement (paired: each seed against its own "
+            "baseline run, since the design pairs seeds) with stratified bootstrap intervals, computed with "
+            "scipy (`scipy.stats.bootstrap` with one sample per cell, `scipy.stats.trim_mean`). The "
+            "`rliable` package itself (1.2.0) was not used: it imports `arch`, whose release fails to import "
+            "under pandas 3.",
             "- Model selection: " + "; ".join(f"`{s}` = {_SELECT_TEXT.get(s, s)}" for s in self.selects)
             + f". Primary: `{self.primary}`.",
             "- Machine-readable: `comparisons.csv` (one row per metric x cell x pair x selection: means, "

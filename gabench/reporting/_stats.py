@@ -13,8 +13,8 @@ Choices (the report's methods note states them):
 - Holm's step-down adjustment (``statsmodels.stats.multitest.multipletests``) over a family of
   comparisons.
 - Aggregates across families in the style of rliable: mean and interquartile mean (IQM) of
-  normalised scores and the probability of improvement, each with a stratified bootstrap CI
-  (seeds resampled within each family: ``scipy.stats.bootstrap`` with one sample per family).
+  normalised scores and the (paired) probability of improvement, each with a stratified bootstrap
+  CI (seeds resampled within each family: ``scipy.stats.bootstrap`` with one sample per family).
 
 References:
     W. S. Gosset ("Student"), "The probable error of a mean", Biometrika 1908.
@@ -276,40 +276,33 @@ def aggregate_scores(scores: Sequence[np.ndarray], level: float = LEVEL,
     return out
 
 
-def probability_of_improvement(method: Sequence[np.ndarray], baseline: Sequence[np.ndarray],
-                               lower_is_better: bool, level: float = LEVEL,
-                               rng: np.random.Generator | int | None = 0) -> Interval:
-    """P(a run of the method beats a run of its baseline), averaged over families, stratified CI.
+def probability_of_improvement(differences: Sequence[np.ndarray], lower_is_better: bool,
+                               level: float = LEVEL, rng: np.random.Generator | int | None = 0) -> Interval:
+    """P(the method beats its baseline on a seed), averaged over families, stratified bootstrap CI.
 
-    Within family ``f`` this is the Mann-Whitney probability ``P(X > Y) + P(X = Y) / 2`` over all
-    pairs of the method's and the baseline's seeds (``U_1 / (n_x n_y)`` of
-    ``scipy.stats.mannwhitneyu``); the aggregate is the mean over families (rliable's definition).
+    The paired form of rliable's probability of improvement: within family ``f`` the share of seeds
+    on which the method is better than its baseline on the same seed (a tie counts one half), then
+    the mean over families. The design pairs seeds (same tasks and initial model), so comparing each
+    run with its own pair leaves out the seed-to-seed variation both methods share, which the
+    unpaired Mann-Whitney form would mix in.
 
     Args:
-        method: One array per family, the method's values per seed.
-        baseline: One array per family (same order), the baseline's values per seed.
-        lower_is_better: True for losses (then a lower value "beats").
+        differences: One array per family, method minus baseline per seed.
+        lower_is_better: True for losses (then a negative difference is an improvement).
         level: Confidence level.
         rng: Seed of the bootstrap.
     """
     sign = -1.0 if lower_is_better else 1.0
-    xs = [sign * _clean(x) for x in method]
-    ys = [sign * _clean(y) for y in baseline]
-    keep = [i for i in range(len(xs)) if xs[i].size and ys[i].size]
-    xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
-    k = len(xs)
-    if k == 0:
+    samples = [sign * _clean(d) for d in differences if _clean(d).size]
+    if not samples:
         return Interval(math.nan, math.nan, math.nan, 0, "")
 
-    def statistic(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
-        per_family = [stats.mannwhitneyu(samples[i], samples[k + i], axis=axis).statistic
-                      / (samples[i].shape[axis] * samples[k + i].shape[axis]) for i in range(k)]
-        return np.mean(per_family, axis=0)
+    def statistic(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.mean([np.mean((x > 0) + 0.5 * (x == 0), axis=axis) for x in xs], axis=0)
 
-    n = sum(x.size for x in xs)
-    point, low, high = _stratified_ci([*xs, *ys], statistic, level, rng)
-    return Interval(point, low, high, n, "bca" if n + sum(y.size for y in ys) >= BOOTSTRAP_MIN_N
-                    else "percentile")
+    n = sum(s.size for s in samples)
+    point, low, high = _stratified_ci(samples, statistic, level, rng)
+    return Interval(point, low, high, n, "bca" if n >= BOOTSTRAP_MIN_N else "percentile")
 
 
 def roc_auc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
