@@ -156,6 +156,7 @@ def test_report_rebuilt_from_its_data_gives_identical_comparisons(tmp_path):
     for name in ("runs", "test", "curves", "run_stats", "weight_hist", "outlier_weights"):
         pd.testing.assert_frame_equal(pd.read_parquet(again / "data" / f"{name}.parquet"),
                                       pd.read_parquet(tmp_path / "rep" / "data" / f"{name}.parquet"))
+    assert load_tables(tmp_path / "rep").source == tmp_path / "rep" / "data"  # the report directory works too
     size = sum(p.stat().st_size for p in (tmp_path / "rep" / "data").iterdir())
     assert size < 200_000
 

@@ -29,8 +29,8 @@ from gabench.reporting._data import (
 )
 from gabench.reporting._stats import ALPHA, BOOTSTRAP_MIN_N, LEVEL, N_RESAMPLES, Interval
 
-#: Profile thresholds (normalised score) of the performance-profile figure.
-PROFILE_TAUS = np.linspace(-0.5, 0.5, 201)
+#: Thresholds per performance-profile figure (spanning +-1.1 x the largest |score|).
+PROFILE_POINTS = 401
 _SELECT_TEXT = {
     "best_val": "parameters at the best meta-validation step (lowest validation loss_post), evaluated on the "
                 "meta-test tasks",
@@ -66,6 +66,11 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def _pct(x: float) -> str:
+    """A share as a signed percentage with one decimal, without a negative zero."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}%"
 
 
 def _col(cell: tuple[str, str]) -> str:
@@ -346,7 +351,8 @@ class _Sections:
             scores = an.normalised_scores(self.d, metric, self.primary)
             if scores.empty:
                 continue
-            prof = an.performance_profile(scores, PROFILE_TAUS)
+            lim = max(1.1 * float(scores["score"].abs().max()), 1e-3)
+            prof = an.performance_profile(scores, np.linspace(-lim, lim, PROFILE_POINTS))
             data = {f"{m} - {b}": (g["tau"].to_numpy(), g["fraction"].to_numpy())
                     for (m, b), g in prof.groupby(["method", "baseline"], sort=False)}
             name = f"profile_{metric}.png"
@@ -430,7 +436,7 @@ class _Sections:
                     row.append("–")
                     continue
                 mark = "" if r.flag == "flat" else f" **{r.flag}**"
-                row.append(f"{100 * r.late_rel:+.1f}% / {100 * r.rise_rel:+.1f}%{mark}")
+                row.append(f"{_pct(r.late_rel)} / {_pct(r.rise_rel)}{mark}")
             rows.append(row)
         return ["### Convergence", "",
                 f"On the {split} `{metric}` curve of each cell and method: **late change** = the mean over "
