@@ -205,6 +205,20 @@ def test_report_sections_aggregates_convergence_and_figures(tmp_path):
     assert "| `maml` |" in conv
 
 
+def test_curve_y_limits_keep_the_first_evaluation():
+    import matplotlib.pyplot as plt
+
+    from gabench.reporting._plots import _fit_ylim
+
+    fig, ax = plt.subplots()
+    _fit_ylim(ax, [np.array([3.0, 1.0, 0.9, 0.85])])  # untrained step 0 far above the rest
+    lo, hi = ax.get_ylim()
+    assert lo < 0.85 and hi > 3.0
+    _fit_ylim(ax, [np.array([40.0, 1.0, 0.5])])  # a factor of 80: log axis, nothing cut off
+    assert ax.get_yscale() == "log" and ax.get_ylim()[0] < 0.5 and ax.get_ylim()[1] > 40.0
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- bad input
 def _one_line_error(capsys, argv: list[str], *needles: str) -> None:
     assert main(argv) == 2

@@ -17,6 +17,7 @@ from gabench.reporting import (
     paired_test,
     probability_of_improvement,
     roc_auc_rows,
+    score_profile,
     t_interval,
     t_interval_columns,
 )
@@ -165,6 +166,15 @@ def test_probability_of_improvement_by_hand():
     assert probability_of_improvement(d, lower_is_better=True).mean == pytest.approx(1 - 0.3125)
     sure = probability_of_improvement([np.full(5, 0.1), np.full(5, 0.2)], lower_is_better=False)
     assert (sure.mean, sure.low, sure.high) == (1.0, 1.0, 1.0)
+
+
+def test_score_profile_counts_runs_above_each_threshold():
+    fams = [np.array([-0.1, 0.0, 0.2]), np.array([0.3, 0.05])]
+    taus = np.array([-0.2, 0.0, 0.1, 0.5])
+    frac, low, high = score_profile(fams, taus)
+    np.testing.assert_allclose(frac, [1.0, 3 / 5, 2 / 5, 0.0])  # strictly above tau
+    assert np.all(low <= frac + 1e-12) and np.all(frac <= high + 1e-12)
+    assert (low[0], high[0], low[-1], high[-1]) == (1.0, 1.0, 0.0, 0.0)
 
 
 def test_roc_auc_matches_scikit_learn():

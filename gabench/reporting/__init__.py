@@ -50,6 +50,7 @@ from gabench.reporting._stats import (
     paired_test,
     probability_of_improvement,
     roc_auc_rows,
+    score_profile,
     t_interval,
     t_interval_columns,
 )
@@ -60,7 +61,8 @@ __all__ = [
     "convergence", "convergence_of", "fmt_interval", "holm", "load_tables", "md_table", "mean_interval",
     "min_seeds_for_call", "normalised_scores", "paired_test", "performance_profile", "primary_select",
     "probability_of_improvement", "read_raw_tables", "read_report_data", "report_study", "resolve_source",
-    "roc_auc_rows", "seed_requirement", "seed_values", "summarise", "t_interval", "t_interval_columns",
+    "roc_auc_rows", "score_profile", "seed_requirement", "seed_values", "summarise", "t_interval",
+    "t_interval_columns",
 ]
 
 

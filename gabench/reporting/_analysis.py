@@ -22,6 +22,7 @@ from gabench.reporting._stats import (
     min_seeds_for_call,
     paired_test,
     probability_of_improvement,
+    score_profile,
 )
 
 #: Meta-test metrics in report order, with their descriptions.
@@ -233,22 +234,25 @@ def aggregates(data: ReportData, metric: str, select: str, seed: int = 0) -> pd.
                                        "low", "high", "n_cells", "n_runs", "interval"])
 
 
-def performance_profile(scores: pd.DataFrame, taus: np.ndarray) -> pd.DataFrame:
-    """Fraction of runs (cell x seed) whose normalised score exceeds each threshold, per pair.
+def performance_profile(scores: pd.DataFrame, taus: np.ndarray, seed: int = 0) -> pd.DataFrame:
+    """Fraction of runs (cell x seed) whose normalised score exceeds each threshold, per pair, with a
+    95% pointwise band (stratified bootstrap: seeds resampled within each cell).
 
     Args:
         scores: From :func:`normalised_scores`.
         taus: Array of shape (k,), thresholds.
+        seed: Seed of the bootstrap.
 
     Returns:
-        Columns method, baseline, tau, fraction.
+        Columns method, baseline, tau, fraction, low, high.
     """
     rows = []
     for (method, base), part in scores.groupby(["method", "baseline"], sort=False):
-        s = part["score"].to_numpy()
-        frac = (s[None, :] > taus[:, None]).mean(axis=1)
-        rows += [(method, base, float(t), float(v)) for t, v in zip(taus, frac, strict=True)]
-    return pd.DataFrame(rows, columns=["method", "baseline", "tau", "fraction"])
+        per_cell = [g["score"].to_numpy() for _, g in part.groupby(["family_label", "setting"], sort=False)]
+        frac, low, high = score_profile(per_cell, taus, rng=seed)
+        rows += [(method, base, float(t), float(v), float(lo), float(hi))
+                 for t, v, lo, hi in zip(taus, frac, low, high, strict=True)]
+    return pd.DataFrame(rows, columns=["method", "baseline", "tau", "fraction", "low", "high"])
 
 
 def curve_metric(data: ReportData) -> tuple[str, str]:

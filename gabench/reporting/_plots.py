@@ -197,20 +197,22 @@ def weight_histograms(data: dict[tuple[str, str], dict[str, np.ndarray]], edges:
     return _save(fig, path, _legend_from(axes))
 
 
-def performance_profile(profiles: dict[str, tuple[np.ndarray, np.ndarray]],
+def performance_profile(profiles: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
                         styles: dict[str, dict[str, object]], xlabel: str, path: Path) -> Path:
     """Performance profiles: per compared pair, the fraction of runs whose score exceeds tau.
 
     Args:
-        profiles: Label ("method - baseline") -> (taus, fractions), arrays of shape (k,).
+        profiles: Label ("method - baseline") -> (taus, fractions, band low, band high), arrays of
+            shape (k,).
         styles: Method styles (keyed by the method, the label's first word).
         xlabel: What tau is.
         path: Output PNG.
     """
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label, (taus, frac) in profiles.items():
+    for label, (taus, frac, low, high) in profiles.items():
         st = styles.get(label.split(" ")[0], {"color": "gray", "linestyle": "-"})
         ax.step(taus, frac, where="post", color=st["color"], linestyle=st["linestyle"], lw=1.6, label=label)
+        ax.fill_between(taus, low, high, step="post", color=st["color"], alpha=0.15, lw=0)
     ax.axvline(0.0, color="black", lw=0.8)
     ax.axhline(0.5, color="gray", lw=0.8, ls=":")
     ax.set_ylim(-0.02, 1.02)

@@ -352,15 +352,17 @@ class _Sections:
             if scores.empty:
                 continue
             lim = max(1.1 * float(scores["score"].abs().max()), 1e-3)
-            prof = an.performance_profile(scores, np.linspace(-lim, lim, PROFILE_POINTS))
-            data = {f"{m} - {b}": (g["tau"].to_numpy(), g["fraction"].to_numpy())
+            prof = an.performance_profile(scores, np.linspace(-lim, lim, PROFILE_POINTS), self.seed)
+            data = {f"{m} - {b}": (g["tau"].to_numpy(), g["fraction"].to_numpy(), g["low"].to_numpy(),
+                                   g["high"].to_numpy())
                     for (m, b), g in prof.groupby(["method", "baseline"], sort=False)}
             name = f"profile_{metric}.png"
             plots.performance_profile(data, self.styles, f"normalised improvement tau ({metric}, "
                                       f"select = {self.primary})", self.out / name)
             lines += [f"Performance profile of `{metric}` (`select = {self.primary}`): the fraction of runs "
-                      f"whose normalised improvement exceeds tau; a curve above 0.5 at tau = 0 improves more "
-                      f"runs than it worsens.", "", f"![performance profile {metric}]({name})", ""]
+                      "whose normalised improvement exceeds tau, with a 95% pointwise band (stratified "
+                      "bootstrap); a curve above 0.5 at tau = 0 improves more runs than it worsens.", "",
+                      f"![performance profile {metric}]({name})", ""]
         return "\n".join(lines)
 
     def by_setting(self) -> str:

@@ -276,6 +276,34 @@ def aggregate_scores(scores: Sequence[np.ndarray], level: float = LEVEL,
     return out
 
 
+def score_profile(scores: Sequence[np.ndarray], taus: np.ndarray, level: float = LEVEL,
+                  rng: np.random.Generator | int | None = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Performance profile: the share of runs whose score exceeds each threshold, with a band.
+
+    Args:
+        scores: One array per family, the normalised score of each seed.
+        taus: Array of shape (k,), thresholds.
+        level: Confidence level of the pointwise band (stratified percentile bootstrap).
+        rng: Seed of the bootstrap.
+
+    Returns:
+        ``(fraction, low, high)``, arrays of shape (k,).
+    """
+    samples = [_clean(s) for s in scores if _clean(s).size]
+    t = np.asarray(taus, dtype=np.float64)
+
+    def statistic(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
+        x = np.concatenate(xs, axis=axis)
+        return np.moveaxis((x[..., None, :] > t[:, None]).mean(axis=-1), -1, 0)
+
+    frac = statistic(*samples)
+    if sum(s.size for s in samples) < 3 or all(np.ptp(s) == 0 for s in samples):
+        return frac, frac, frac
+    res = stats.bootstrap(tuple(samples), statistic, confidence_level=level, n_resamples=N_RESAMPLES,
+                          method="percentile", vectorized=True, random_state=np.random.default_rng(rng))
+    return frac, np.asarray(res.confidence_interval.low), np.asarray(res.confidence_interval.high)
+
+
 def probability_of_improvement(differences: Sequence[np.ndarray], lower_is_better: bool,
                                level: float = LEVEL, rng: np.random.Generator | int | None = 0) -> Interval:
     """P(the method beats its baseline on a seed), averaged over families, stratified bootstrap CI.
