@@ -93,7 +93,7 @@ def learning_curves(curves: dict[tuple[str, str], dict[str, pd.DataFrame]],
     curves = {c: bm for c, bm in curves.items() if bm}
     fig, axes = _grid(max(len(curves), 1))
     for ax, (cell, by_method) in zip(axes, curves.items(), strict=False):
-        shown = []
+        shown, bands = [], []
         for method, frame in by_method.items():
             steps = frame.index.to_numpy()
             values = frame.to_numpy().T  # (seeds, steps)
@@ -104,6 +104,7 @@ def learning_curves(curves: dict[tuple[str, str], dict[str, pd.DataFrame]],
             if values.shape[0] >= 2:
                 low, high = t_interval_columns(values)
                 ax.fill_between(steps, low, high, color=st["color"], alpha=0.15, lw=0)
+                bands += [low, high]
         if hline is not None:
             ax.axhline(hline, color="black", lw=0.8, ls=":", label="ln 2")
             shown.append(np.array([hline]))
@@ -111,18 +112,24 @@ def learning_curves(curves: dict[tuple[str, str], dict[str, pd.DataFrame]],
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        _fit_ylim(ax, shown)
+        _fit_ylim(ax, shown, bands)
     return _save(fig, path, _legend_from(axes))
 
 
-def _fit_ylim(ax: plt.Axes, series: list[np.ndarray]) -> None:
-    """Y-limits that show every plotted mean, the first evaluations included; a log axis when the
-    values span more than a factor of 10 (an untrained model far above the trained ones)."""
+def _fit_ylim(ax: plt.Axes, series: list[np.ndarray], bands: list[np.ndarray] | None = None) -> None:
+    """Y-limits that show every plotted mean, the first evaluations included, and the bands up to
+    half the means' range beyond them; a log axis when the values span more than a factor of 10
+    (an untrained model far above the trained ones)."""
     vals = np.concatenate([np.ravel(s) for s in series]) if series else np.array([])
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
         return
     lo, hi = float(vals.min()), float(vals.max())
+    band = np.concatenate([np.ravel(b) for b in bands]) if bands else np.array([])
+    band = band[np.isfinite(band)]
+    if band.size:
+        reach = 0.5 * (hi - lo)
+        lo, hi = min(lo, max(float(band.min()), lo - reach)), max(hi, min(float(band.max()), hi + reach))
     if lo > 0 and hi / lo > 10:
         ax.set_yscale("log")
         ax.set_ylim(lo / 1.15, hi * 1.15)
