@@ -32,8 +32,7 @@ from gabench.reporting._stats import ALPHA, BOOTSTRAP_MIN_N, LEVEL, N_RESAMPLES,
 #: Thresholds per performance-profile figure (spanning +-1.1 x the largest |score|).
 PROFILE_POINTS = 401
 _SELECT_TEXT = {
-    "best_val": "parameters at the best meta-validation step (lowest validation loss_post), evaluated on the "
-                "meta-test tasks",
+    "best_val": "parameters at the best meta-validation step, evaluated on the meta-test tasks",
     "final": "the final iterate (parameters after the last meta-training step)",
 }
 
@@ -402,7 +401,7 @@ class _Sections:
     def curves(self) -> str:
         split, _ = an.curve_metric(self.d)
         lines = ["## Learning curves", ""]
-        hline = math.log(2) if set(self.d.runs["family"]) == {"book-binary"} else None
+        hline = math.log(2) if set(self.d.runs["family"]) <= {"book-binary", "textbook-binary"} else None
         if split == "train":
             lines += ["No meta-validation during training (eval_every = 0): the curves show the "
                       "meta-training query loss after adaptation, averaged over bins of 2% of the steps.", ""]
