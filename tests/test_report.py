@@ -205,6 +205,20 @@ def test_report_sections_aggregates_convergence_and_figures(tmp_path):
     assert "| `maml` |" in conv
 
 
+def test_learning_curves_draw_no_empty_panel(monkeypatch, tmp_path):
+    from gabench.reporting import _plots as plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, legend=None: figs.append(fig))
+    frame = pd.DataFrame({0: [0.5, 0.7], 1: [0.55, 0.72]}, index=[0, 10])
+    curves = {("linear-binary", ""): {"maml": frame}, ("sine", ""): {"maml": frame.iloc[:, :0]},
+              ("digits", ""): {}}  # sine has no accuracy: no panel for it, nor for digits
+    plots.learning_curves(curves, plots.method_styles({"maml": ("maml", "mean", False)}), "acc",
+                          tmp_path / "x.png")
+    visible = [ax for ax in figs[0].axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in visible] == ["linear-binary"]
+
+
 def test_curve_y_limits_keep_the_first_evaluation():
     import matplotlib.pyplot as plt
 
