@@ -72,6 +72,11 @@ def _pct(x: float) -> str:
     return f"{round(100 * x, 1) + 0.0:+.1f}%"
 
 
+def _pct_ci(est: float, low: float, high: float) -> str:
+    """``+1.3% [-0.4, +3.0]``."""
+    return f"{_pct(est)} [{_pct(low)[:-1]}, {_pct(high)[:-1]}]"
+
+
 def _col(cell: tuple[str, str]) -> str:
     family, setting = cell
     return f"{family}<br>{setting}" if setting else family
@@ -205,9 +210,8 @@ class _Sections:
                 r = part.set_index("statistic")
                 iqm, poi = r.loc["iqm"], r.loc["p_improve"]
                 lines.append(f"- Across cells, `{method}` vs `{base}`, `{metric}`: IQM of the normalised "
-                             f"improvement {100 * iqm.estimate:+.1f}% [{100 * iqm.low:+.1f}, "
-                             f"{100 * iqm.high:+.1f}], P(`{method}` beats `{base}`) = {poi.estimate:.2f} "
-                             f"[{poi.low:.2f}, {poi.high:.2f}].")
+                             f"improvement {_pct_ci(iqm.estimate, iqm.low, iqm.high)}, P(`{method}` beats "
+                             f"`{base}`) = {poi.estimate:.2f} [{poi.low:.2f}, {poi.high:.2f}].")
         flagged = self.conv[self.conv["flag"].isin(["still improving", "rising (overfitting)"])] \
             if not self.conv.empty else self.conv
         if len(flagged):
@@ -237,8 +241,8 @@ class _Sections:
             text += f" (Before the Holm correction {raw} cell(s) had p < {ALPHA:g}.)"
         rel = (part["diff_mean"] / part["baseline_mean"].abs()).replace([np.inf, -np.inf], np.nan).dropna()
         if len(rel):
-            text += (f" Relative to the baseline's mean the differences range from {100 * rel.min():+.1f}% "
-                     f"to {100 * rel.max():+.1f}%.")
+            text += (f" Relative to the baseline's mean the differences range from {_pct(rel.min())} to "
+                     f"{_pct(rel.max())}.")
         return text
 
     def seed_warning(self) -> str:
@@ -334,8 +338,7 @@ class _Sections:
                 r = part.set_index("statistic")
 
                 def pct(k: str, r: pd.DataFrame = r) -> str:
-                    return (f"{100 * r.at[k, 'estimate']:+.1f}% [{100 * r.at[k, 'low']:+.1f}, "
-                            f"{100 * r.at[k, 'high']:+.1f}]")
+                    return _pct_ci(r.at[k, "estimate"], r.at[k, "low"], r.at[k, "high"])
 
                 poi = r.loc["p_improve"]
                 rows.append([f"`{method}` - `{base}`", f"`{metric}`", pct("mean"), pct("iqm"),
@@ -359,8 +362,8 @@ class _Sections:
             plots.performance_profile(data, self.styles, f"normalised improvement tau ({metric}, "
                                       f"select = {self.primary})", self.out / name)
             lines += [f"Performance profile of `{metric}` (`select = {self.primary}`): the fraction of runs "
-                      "whose normalised improvement exceeds tau, with a 95% pointwise band (stratified "
-                      "bootstrap); a curve above 0.5 at tau = 0 improves more runs than it worsens.", "",
+                      f"whose normalised improvement exceeds tau, with a 95% pointwise band (stratified "
+                      f"bootstrap); a curve above 0.5 at tau = 0 improves more runs than it worsens.", "",
                       f"![performance profile {metric}]({name})", ""]
         return "\n".join(lines)
 
