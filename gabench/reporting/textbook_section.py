@@ -35,13 +35,13 @@ def _direction(iv: Any, fmt: Any, what: str) -> str:
 def textbook_section(tables: Any, out_dir: Path) -> str:
     """Markdown (and ``textbook.png``) for the textbook replica in ``tables.extra["textbook"]``.
 
-    Every statement is computed from the table (trends and changes with 95% bootstrap CIs over
+    Every statement is computed from the table (trends and changes with 95% Student-t intervals over
     seeds), so the text follows the numbers.
     """
     from gabench.reporting._plots import plt
-    from gabench.reporting._report import _md_table
-    from gabench.reporting._report import fmt_interval as fmt
-    from gabench.reporting._stats import bootstrap_ci, bootstrap_ci_columns
+    from gabench.reporting._render import fmt_interval as fmt
+    from gabench.reporting._render import md_table as _md_table
+    from gabench.reporting._stats import mean_interval, t_interval_columns
 
     tb: pd.DataFrame = tables.extra["textbook"]
     methods = list(dict.fromkeys(tb["method"]))
@@ -55,14 +55,14 @@ def textbook_section(tables: Any, out_dir: Path) -> str:
         p, steps = printed.to_numpy(), printed.columns.to_numpy().astype(float)
         change, noise = _trend(p, steps)
         stats[m] = {
-            "p": p, "steps": steps, "n": p.shape[0], "change": bootstrap_ci(change),
-            "noise": bootstrap_ci(noise), "neg": float((change < 0).mean()),
+            "p": p, "steps": steps, "n": p.shape[0], "change": mean_interval(change),
+            "noise": mean_interval(noise), "neg": float((change < 0).mean()),
             "last_below_first": float((p[:, -1] < p[:, 0]).mean()),
-            "level": bootstrap_ci(p.mean(axis=1)), "init": bootstrap_ci(test["loss_init"].to_numpy()),
-            "final": bootstrap_ci(test["loss_pre"].to_numpy()),
-            "gain": bootstrap_ci((test["loss_pre"] - test["loss_init"]).to_numpy()),
+            "level": mean_interval(p.mean(axis=1)), "init": mean_interval(test["loss_init"].to_numpy()),
+            "final": mean_interval(test["loss_pre"].to_numpy()),
+            "gain": mean_interval((test["loss_pre"] - test["loss_init"]).to_numpy()),
             "below_ln2": float((test["loss_pre"] < LN2).mean()),
-            "theta": bootstrap_ci(test["theta_change"].to_numpy()),
+            "theta": mean_interval(test["theta_change"].to_numpy()),
         }
     st = stats[published]
 
@@ -76,7 +76,7 @@ def textbook_section(tables: Any, out_dir: Path) -> str:
     axes[0].legend(fontsize=8, ncol=2)
     for k, m in enumerate(methods):
         sm = stats[m]
-        low, high = bootstrap_ci_columns(sm["p"])
+        low, high = t_interval_columns(sm["p"])
         label = m.removeprefix("textbook (").rstrip(")")
         axes[1].plot(sm["steps"], sm["p"].mean(axis=0), color=f"C{k}", label=label)
         axes[1].fill_between(sm["steps"], low, high, color=f"C{k}", alpha=0.2, lw=0)
@@ -123,7 +123,7 @@ def textbook_section(tables: Any, out_dir: Path) -> str:
               "epoch-to-epoch noise (sd)", "held-out loss, initial", "held-out loss, final",
               "held-out change", "norm of theta - theta_0"]
     lines += [_md_table(header, rows)]
-    lines += ["", "Mean over seeds [95% bootstrap CI over seeds]. ||theta_0|| is about 7 (50 coordinates "
+    lines += ["", "Mean over seeds [95% t interval over seeds]. ||theta_0|| is about 7 (50 coordinates "
               "drawn from N(0, 1)).", "", "What this measures:", ""]
     lines.append(f"- As published, {_direction(st['change'], fmt, 'the printed loss')} over the 100 epochs "
                  f"(downward fit on {100 * st['neg']:.0f}% of seeds; the last printed value is below the "
@@ -156,7 +156,7 @@ def textbook_section(tables: Any, out_dir: Path) -> str:
     if res is not None and len(res):
         test = res[(res.split == "test") & (res.metric == "loss_post")]
         for cell, part in test.groupby("family_label", sort=False):
-            ivs = {m: bootstrap_ci(g["value"].to_numpy()) for m, g in part.groupby("method", sort=False)}
+            ivs = {m: mean_interval(g["value"].to_numpy()) for m, g in part.groupby("method", sort=False)}
             below = [m for m, iv in ivs.items() if iv.n >= 2 and iv.high < LN2]
             lines.append(
                 f"- gabench, corrected, cell `{cell}`: meta-test query loss after adaptation "
