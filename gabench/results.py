@@ -20,8 +20,11 @@ from gabench._errors import ConfigError
 #: Columns of ``results.parquet`` in order (one row per run x step x split x metric).
 RESULT_COLUMNS: tuple[str, ...] = (
     "run", "family", "method", "algorithm", "aggregator", "first_order", "seed",
-    "outlier_fraction", "step", "split", "metric", "value", "ci_low", "ci_high", "n",
+    "outlier_fraction", "step", "split", "metric", "value", "ci_low", "ci_high", "n", "select",
 )
+#: ``select`` on meta-test rows: the final iterate, or the parameters at the step with the lowest
+#: meta-validation query loss (``step`` is then that step); empty on other rows.
+SELECTIONS: tuple[str, ...] = ("final", "best_val")
 #: Columns of ``weights.parquet``.
 WEIGHT_COLUMNS: tuple[str, ...] = ("run", "step", "task", "corrupted", "weight")
 
@@ -62,7 +65,11 @@ class RunResult:
         config: The run configuration as a dict (what ``config.json`` holds).
         results: Long table with :data:`RESULT_COLUMNS`.
         weights: Long table with :data:`WEIGHT_COLUMNS`.
-        test: Final meta-test summaries by metric name.
+        test: Meta-test summaries of the final iterate by metric name (empty when the trainer
+            ran without meta-test).
+        test_best_val: Meta-test summaries of the parameters at the best meta-validation step
+            (None without meta-validation or meta-test).
+        best_val_step: That step (None without meta-validation).
         wall_seconds: Wall-clock time of meta-training (including meta-validation).
     """
 
@@ -72,6 +79,8 @@ class RunResult:
     test: dict[str, Summary]
     wall_seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    test_best_val: dict[str, Summary] | None = None
+    best_val_step: int | None = None
 
 
 def prepare_out_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -104,6 +113,29 @@ def _existing_ancestor(path: Path) -> Path:
     return Path("/")
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    return value
+
+
+def run_json(result: RunResult) -> str:
+    """``config.json`` of a run: configuration, meta-test summaries (final iterate and, when
+    there was meta-validation, the best-validation parameters), wall-clock; strict JSON."""
+    data: dict[str, Any] = {
+        "config": result.config, "test": {k: vars(v) for k, v in result.test.items()},
+        "wall_seconds": result.wall_seconds, **result.extra}
+    if result.test_best_val is not None:
+        data["test_best_val"] = {k: vars(v) for k, v in result.test_best_val.items()}
+        data["best_val_step"] = result.best_val_step
+    return json.dumps(_json_safe(data), indent=2, default=str, allow_nan=False)
+
+
 def write_run(out: str | os.PathLike, result: RunResult, overwrite: bool = False) -> Path:
     """Write ``results.parquet``, ``weights.parquet`` and ``config.json`` to ``out`` atomically.
 
@@ -116,10 +148,7 @@ def write_run(out: str | os.PathLike, result: RunResult, overwrite: bool = False
     try:
         result.results.to_parquet(tmp / "results.parquet", index=False)
         result.weights.to_parquet(tmp / "weights.parquet", index=False)
-        summary = {k: vars(v) for k, v in result.test.items()}
-        (tmp / "config.json").write_text(json.dumps(
-            {"config": result.config, "test": summary, "wall_seconds": result.wall_seconds,
-             **result.extra}, indent=2, default=str) + "\n")
+        (tmp / "config.json").write_text(run_json(result) + "\n")
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             path.rename(old)

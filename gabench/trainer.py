@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 import warnings
@@ -85,6 +86,9 @@ class Trainer:
             previous setting is restored afterwards); None leaves torch's setting. The default
             1 is much faster for gabench's small kernels: on a 2-core machine that other
             processes also use, two spinning OpenMP threads made meta-training 10-25x slower.
+        meta_test: Evaluate on the meta-test tasks at the end (False for hyperparameter tuning,
+            which must select on meta-validation only and not spend time on, or peek at, the
+            meta-test).
 
     Attributes:
         run_config: The validated :class:`~gabench.config.RunConfig` (plug-in names replaced by
@@ -96,7 +100,8 @@ class Trainer:
     def __init__(self, config: RunConfig, callbacks: Sequence[Callback] = (),
                  progress: bool | None = None, *, family: TaskFamily | None = None,
                  algorithm: Algorithm | None = None, aggregator: Aggregator | None = None,
-                 log_every: int = 50, fast_path: bool = True, num_threads: int | None = 1) -> None:
+                 log_every: int = 50, fast_path: bool = True, num_threads: int | None = 1,
+                 meta_test: bool = True) -> None:
         given = {"family": family, "algorithm": algorithm, "aggregator": aggregator}
         names = {k: v.name for k, v in given.items() if v is not None}
         config = dataclasses.replace(config, **names) if names else config
@@ -126,6 +131,7 @@ class Trainer:
         self.config: dict[str, Any] = {**dataclasses.asdict(config),
                                        "alpha": float(getattr(self.algorithm, "alpha", alpha))}
         self.log_every = log_every
+        self.meta_test = meta_test
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads)
         self.outliers = isinstance(family, OutlierTasks) and family.fraction > 0
         self.model = family.make_model(init_generator(self.seed, family.name)).to(self.device)
@@ -155,17 +161,28 @@ class Trainer:
         sizes = [min(self.eval_batch, n_tasks - i) for i in range(0, n_tasks, self.eval_batch)]
         return [self.family.sample(n, split, rng).to(self.device) for n in sizes]
 
-    def evaluate(self, batches: list[TaskBatch]) -> dict[str, Summary]:
-        """Adapt to every held-out task and summarise the query metrics over tasks."""
+    def evaluate(self, batches: list[TaskBatch], split: str = "val", step: int = 0) -> dict[str, Summary]:
+        """Adapt to every held-out task and summarise the query metrics over tasks.
+
+        Raises:
+            DivergedError: a task's loss is not finite. Dropping such tasks would average over
+                the tasks where the model still works and bias the comparison; a non-finite
+                held-out result is a diverged run.
+        """
         per_task: dict[str, list[np.ndarray]] = {m: [] for m in EVAL_METRICS}
         for batch in batches:
             out = self.algorithm.evaluate(self.learner, self.params, batch, self.eval_inner_steps)
             for m in EVAL_METRICS:
                 per_task[m].append(out[m].double().cpu().numpy())
-        summary = {m: Summary.of(np.concatenate(v)) for m, v in per_task.items()}
+        values = {m: np.concatenate(v) for m, v in per_task.items()}
         if self.family.task_type == "regression":
-            summary = {m: s for m, s in summary.items() if not m.startswith("acc")}
-        return summary
+            values = {m: v for m, v in values.items() if not m.startswith("acc")}
+        for m, v in values.items():
+            bad = ~np.isfinite(v)
+            if bad.any():
+                raise DivergedError(step, f"{split} {m} ({int(bad.sum())} of {v.size} tasks)",
+                                    float(v[bad][0]))
+        return {m: Summary.of(v) for m, v in values.items()}
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: TaskBatch) -> StepResult:
@@ -246,9 +263,16 @@ class Trainer:
             flushed = upto
             bar.set_postfix(query_loss=f"{float(block[-1, 1]):.4f}", refresh=False)
 
+        # Model selection on meta-validation: the parameters at the lowest validation query loss
+        # after adaptation are kept and meta-tested beside the final iterate.
+        best: dict[str, Any] = {"value": math.inf, "step": None, "params": None}
+
         def validate(step: int) -> None:
-            summary = self.evaluate(val_batches)
+            summary = self.evaluate(val_batches, "val", step)
             rows.extend(self._rows(step, "val", summary))
+            value = summary["loss_post"].mean
+            if value < best["value"]:
+                best.update(value=value, step=step, params=self.flat_params.detach().clone())
             for cb in self.callbacks:
                 cb.on_eval(step, "val", summary)
 
@@ -271,26 +295,50 @@ class Trainer:
         bar.close()
         wall = time.perf_counter() - start
 
-        test = self.evaluate(self._eval_batches("test", self.test_tasks))
-        rows.extend(self._rows(self.steps, "test", test))
-        for cb in self.callbacks:
-            cb.on_eval(self.steps, "test", test)
+        test: dict[str, Summary] = {}
+        test_best: dict[str, Summary] | None = None
+        if self.meta_test:
+            test_batches = self._eval_batches("test", self.test_tasks)
+            test = self.evaluate(test_batches, "test", self.steps)
+            rows.extend(self._rows(self.steps, "test", test, select="final"))
+            for cb in self.callbacks:
+                cb.on_eval(self.steps, "test", test)
+            if best["step"] is not None:
+                test_best = test if best["step"] == self.steps else self._evaluate_at(
+                    best["params"], test_batches, best["step"])
+                rows.extend(self._rows(best["step"], "test", test_best, select="best_val"))
+                for cb in self.callbacks:
+                    cb.on_eval(best["step"], "test_best_val", test_best)
         rows.append(self._row(self.steps, "train", "wall_seconds", Summary(wall, np.nan, np.nan, 1)))
         result = RunResult(
             config=self.config, results=self._table(rows, train_log, stat_names),
             weights=self._weights_table(weight_log, corrupt_log), test=test, wall_seconds=wall,
+            test_best_val=test_best, best_val_step=best["step"],
         )
         for cb in self.callbacks:
             cb.on_end(result)
         return result
 
     # ------------------------------------------------------------------ tables
-    def _row(self, step: int, split: str, metric: str, s: Summary) -> dict[str, Any]:
-        return {**self.run_info, "step": step, "split": split, "metric": metric,
-                "value": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n}
+    def _evaluate_at(self, flat: torch.Tensor, batches: list[TaskBatch], step: int) -> dict[str, Summary]:
+        """Meta-test with the parameters ``flat`` (then restore the current ones)."""
+        current = self.flat_params.detach().clone()
+        with torch.no_grad():
+            self.flat_params.copy_(flat)
+        try:
+            return self.evaluate(batches, "test (best val)", step)
+        finally:
+            with torch.no_grad():
+                self.flat_params.copy_(current)
 
-    def _rows(self, step: int, split: str, summary: dict[str, Summary]) -> list[dict[str, Any]]:
-        return [self._row(step, split, m, s) for m, s in summary.items()]
+    def _row(self, step: int, split: str, metric: str, s: Summary,
+             select: str | None = None) -> dict[str, Any]:
+        return {**self.run_info, "step": step, "split": split, "metric": metric,
+                "value": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n, "select": select}
+
+    def _rows(self, step: int, split: str, summary: dict[str, Summary],
+              select: str | None = None) -> list[dict[str, Any]]:
+        return [self._row(step, split, m, s, select) for m, s in summary.items()]
 
     def _table(self, rows: list[dict[str, Any]], train_log: torch.Tensor,
                stat_names: list[str]) -> pd.DataFrame:
