@@ -107,7 +107,7 @@ class Trainer:
         config = dataclasses.replace(config, **names) if names else config
         config.validate(plugins=tuple(names))
         self.run_config = config
-        family = config.build_family(family) if family is not None else config.build_family()
+        family = config.build_family(family)
         base = family.base if isinstance(family, OutlierTasks) else family
         alpha = float(config.alpha) if config.alpha is not None else float(type(base).default_alpha)
         self.family = family
