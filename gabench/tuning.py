@@ -237,14 +237,13 @@ def make_objective(tc: TuneConfig, parent_run_id: str | None,
             callbacks.append(tracker)
         callbacks.append(reporter)
         try:  # a failure is recorded by the callbacks' on_fail (the MLflow run: FAILED or KILLED)
-            result = Trainer(config, callbacks, progress=False).fit()
+            # no meta-test: tuning selects on meta-validation only (and does not peek)
+            Trainer(config, callbacks, progress=False, meta_test=False).fit()
         except DivergedError as exc:
             trial.set_user_attr("reason", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         if tracker is not None:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
-        for name, s in result.test.items():
-            trial.set_user_attr(f"test_{name}", s.mean)
         assert reporter.last is not None  # eval_every >= 1 guarantees a validation
         trial.set_user_attr("val_step", reporter.last_step)
         return reporter.last
