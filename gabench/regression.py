@@ -34,11 +34,16 @@ KEY = ["run", "split", "metric", "step"]
 def extract_metrics(results: pd.DataFrame) -> pd.DataFrame:
     """The compared numbers of a study table: one row per (run, split, metric, step).
 
-    - every meta-test metric (``split=test``), and the meta-validation ones at every evaluation;
+    - every meta-test metric (``split=test``; ``test_best_val`` for the parameters selected on
+      meta-validation), and the meta-validation ones at every evaluation;
     - the meta-training query and support losses at the last step and their mean over all steps;
     - the means over steps of every weight statistic (``w_*``).
     """
-    test = results[results.split.isin(["test", "val"])][[*KEY, "value"]]
+    held_out = results[results.split.isin(["test", "val"])]
+    if "select" in held_out:  # the best-validation meta-test rows are a split of their own here
+        best = held_out["select"] == "best_val"
+        held_out = held_out.assign(split=held_out["split"].where(~best, "test_best_val"))
+    test = held_out[[*KEY, "value"]]
     train = results[(results.split == "train") & (results.metric != "wall_seconds")]
     last = train[train.step == train.groupby("run")["step"].transform("max")]
     last = last[last.metric.isin(["query_loss", "support_loss"])][[*KEY, "value"]]
