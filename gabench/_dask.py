@@ -39,7 +39,6 @@ experiment shows one FINISHED run per planned run.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import uuid
@@ -292,6 +291,32 @@ def check_cluster(client: Client, address: str, tracking_uri: str | None) -> dic
     return client.scheduler_info()["workers"]
 
 
+def check_scheduler(address: str, tracking_uri: str | None = None,
+                    timeout: float = CONNECT_TIMEOUT_S) -> int:
+    """Everything :func:`execute_on_dask` checks, before anything is written: call it first.
+
+    Connects to the scheduler, runs :func:`check_cluster` and disconnects.
+
+    Args:
+        address: Scheduler address, e.g. ``tcp://HOST:8786``.
+        tracking_uri: The resolved tracking URI (None: no tracking).
+        timeout: Seconds to wait for the scheduler.
+
+    Returns:
+        The number of workers connected now (0 is allowed: runs wait until workers join, e.g.
+        on an adaptive dask-jobqueue cluster).
+
+    Raises:
+        ConfigError: as :func:`connect`, :func:`check_dask_tracking` and :func:`check_cluster`.
+    """
+    check_dask_tracking(tracking_uri)
+    client = connect(address, timeout)
+    try:
+        return len(check_cluster(client, address, tracking_uri))
+    finally:
+        client.close()
+
+
 def execute_on_dask(todo: list[PlannedRun], study: str, address: str, *, write: Writer,
                     tracking_uri: str | None = None, experiment: str | None = None,
                     log: TextIO | None = None,
@@ -342,11 +367,12 @@ def execute_on_dask(todo: list[PlannedRun], study: str, address: str, *, write: 
             tracker = TrackRuns(tracking_uri, experiment)
             experiment_id = _experiment_id(tracking_uri, tracker.prepare(study))
         token = uuid.uuid4().hex[:8]  # one per call: a rerun of the same plan never shares a key
+        submitted = time.perf_counter()
         for run in todo:
             fut = client.submit(train_on_worker, run, study, tracker, pure=False, retries=0,
                                 key=f"gabench-{study}-{run.run_id}-{token}")
             futures[fut] = run
-        yield from _collect(client, futures, write, tracking_uri, experiment_id)
+        yield from _collect(client, futures, write, tracking_uri, experiment_id, submitted)
     except BaseException:  # Ctrl-C, SIGTERM, a failed write, the iterator closed early
         if futures:
             client.cancel(list(futures), force=True)
@@ -356,7 +382,7 @@ def execute_on_dask(todo: list[PlannedRun], study: str, address: str, *, write: 
 
 
 def _collect(client: Client, futures: dict[Future, PlannedRun], write: Writer, tracking_uri: str | None,
-             experiment_id: str | None) -> Iterator[dict[str, Any]]:
+             experiment_id: str | None, submitted: float) -> Iterator[dict[str, Any]]:
     from distributed import as_completed
 
     seen: set[str] = set()
@@ -369,13 +395,14 @@ def _collect(client: Client, futures: dict[Future, PlannedRun], write: Writer, t
             payload: RunPayload = fut.result()
         else:  # e.g. KilledWorker after allowed-failures worker deaths, or cancelled elsewhere
             exc = fut.exception() if fut.status == "error" else None
-            payload = RunPayload(run.run_id, math.nan, error=type(exc).__name__ if exc else fut.status,
+            payload = RunPayload(run.run_id, time.perf_counter() - submitted,
+                                 error=type(exc).__name__ if exc else fut.status,
                                  reason=_one_line(exc) if exc else f"task {fut.status}")
         fut.release()
-        if tracking_uri is not None and experiment_id is not None:
-            close_lost_attempts(tracking_uri, experiment_id, str(fut.key), payload.mlflow_run_id)
         if payload.result is not None:
             write(run, payload.result)
+        if tracking_uri is not None and experiment_id is not None:
+            close_lost_attempts(tracking_uri, experiment_id, str(fut.key), payload.mlflow_run_id)
         yield {"run_id": run.run_id, "ok": payload.ok, "seconds": payload.seconds,
                "message": payload.message}
 

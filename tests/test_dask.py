@@ -33,6 +33,7 @@ from gabench._dask import (
     RunPayload,
     check_cluster,
     check_dask_tracking,
+    check_scheduler,
     close_lost_attempts,
     connect,
     execute_on_dask,
@@ -189,10 +190,12 @@ def _times_processing(key: str, dask_scheduler=None) -> list[str]:
     return [rec[2] for rec in dask_scheduler.story(key) if rec[0] == key and rec[2] == "processing"]
 
 
-def test_a_worker_killed_mid_run_has_its_run_redone_once(cluster, tmp_path):
-    runs = longer(load(tmp_path), steps=800)
-    study_dir = tmp_path / "dask"
-    write = writer(study_dir)
+def kill_a_worker_mid_run(cluster: str, runs: list[PlannedRun], write) -> tuple[str, list[dict]]:
+    """Run ``runs`` on the cluster, SIGKILL the first worker seen training one, collect all.
+
+    Returns:
+        The key of the task whose worker was killed, and the outcomes.
+    """
     killed: str | None = None
     with ThreadPoolExecutor(1) as pool, Client(cluster, timeout=30) as watcher:
         job = pool.submit(lambda: list(execute_on_dask(runs, "tiny", cluster, write=write,
@@ -207,8 +210,17 @@ def test_a_worker_killed_mid_run_has_its_run_redone_once(cluster, tmp_path):
             time.sleep(0.05)
         got = job.result(timeout=300)
         assert killed is not None, "no run was seen training on a worker"
-        given = watcher.run_on_scheduler(_times_processing, killed)
-    assert len(given) == 2  # started, lost with its worker, started again elsewhere
+        assert len(watcher.run_on_scheduler(_times_processing, killed)) >= 1
+    return killed, got
+
+
+def test_a_worker_killed_mid_run_has_its_run_redone_once(cluster, tmp_path):
+    runs = longer(load(tmp_path), steps=800)
+    study_dir = tmp_path / "dask"
+    write = writer(study_dir)
+    killed, got = kill_a_worker_mid_run(cluster, runs, write)
+    with Client(cluster, timeout=30) as watcher:  # started, lost with its worker, started again
+        assert len(watcher.run_on_scheduler(_times_processing, killed)) == 2
     ids = [o["run_id"] for o in got]
     assert sorted(ids) == sorted(r.run_id for r in runs) and all(o["ok"] for o in got)
     assert sorted(write.written) == sorted(ids)  # written once each
@@ -216,6 +228,29 @@ def test_a_worker_killed_mid_run_has_its_run_redone_once(cluster, tmp_path):
     local = train_on_worker(killed_run, "tiny")  # the redone run has the numbers of a local one
     write_run(tmp_path / "local" / killed_run.run_id, local.result)
     same_run(study_dir / killed_run.run_id, tmp_path / "local" / killed_run.run_id)
+
+
+def _set_allowed_failures(n: int, dask_scheduler=None) -> int:
+    previous = dask_scheduler.allowed_failures
+    dask_scheduler.allowed_failures = n
+    return previous
+
+
+def test_a_run_that_kills_too_many_workers_is_a_failure_record(cluster, tmp_path):
+    runs = longer(load(tmp_path), steps=800)[:2]
+    write = writer(tmp_path / "dask")
+    with Client(cluster, timeout=30) as client:  # as `distributed.scheduler.allowed-failures: 0`
+        previous = client.run_on_scheduler(_set_allowed_failures, 0)
+    try:
+        killed, got = kill_a_worker_mid_run(cluster, runs, write)
+    finally:
+        with Client(cluster, timeout=30) as client:
+            client.run_on_scheduler(_set_allowed_failures, previous)
+    assert sorted(o["run_id"] for o in got) == sorted(r.run_id for r in runs)
+    bad = [o for o in got if not o["ok"]]
+    assert len(bad) == 1 and f"-{bad[0]['run_id']}-" in killed
+    assert bad[0]["message"].startswith("KilledWorker: ") and "\n" not in bad[0]["message"]
+    assert write.written == [o["run_id"] for o in got if o["ok"]]  # the other run went on
 
 
 def _busy(dask_worker=None) -> int:
@@ -281,11 +316,12 @@ def test_a_sqlite_tracking_store_is_refused_before_anything_starts(tmp_path, uri
     assert not (tmp_path / "d").exists()
 
 
-def test_no_scheduler_at_the_address_is_a_one_line_config_error():
+def test_no_scheduler_at_the_address_is_a_one_line_config_error(cluster):
+    assert check_scheduler(cluster) == 2
     address = f"tcp://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(ConfigError) as err:
-        connect(address, timeout=2)
+        check_scheduler(address, timeout=2)
     assert time.monotonic() - start < 30
     msg = str(err.value)
     assert msg.startswith(f"--scheduler={address!r}") and "\n" not in msg and "dask scheduler" in msg.lower()
