@@ -135,10 +135,14 @@ def cluster(tmp_path_factory) -> Iterator[str]:
                      "--scheduler-file", str(file)], tmp / "scheduler.log")]
     try:
         deadline = time.monotonic() + 60
-        while not file.is_file() and time.monotonic() < deadline:
+        address = None
+        while address is None and time.monotonic() < deadline:
             assert procs[0].poll() is None, (tmp / "scheduler.log").read_text()
-            time.sleep(0.1)
-        address = json.loads(file.read_text())["address"]
+            try:
+                address = json.loads(file.read_text())["address"]
+            except (OSError, ValueError, KeyError):  # not written yet, or half written
+                time.sleep(0.1)
+        assert address is not None, (tmp / "scheduler.log").read_text()
         for i in range(2):
             procs.append(_start(["worker", address, "--nworkers", "1", "--nthreads", "1",
                                  "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"],
@@ -267,15 +271,18 @@ def test_ctrl_c_in_the_client_stops_the_runs_on_the_workers(cluster, tmp_path):
     runs = longer(load(tmp_path), steps=100_000)  # minutes each: only a stop ends them soon
     write = writer(tmp_path / "dask")
     seen: list[str] = []
+    done = threading.Event()  # the loop below has ended: no Ctrl-C after that
 
     def press_ctrl_c_when_both_workers_train() -> None:
         with Client(cluster, timeout=30) as watcher:
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and len(seen) < 2:
+            while time.monotonic() < deadline and len(seen) < 2 and not done.is_set():
                 seen[:] = [k for _, keys in watcher.run(_worker_state).values() for k in keys]
                 time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the main thread, as Ctrl-C
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the main thread, as Ctrl-C
 
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
     presser = threading.Thread(target=press_ctrl_c_when_both_workers_train)
     presser.start()
     try:
@@ -283,7 +290,9 @@ def test_ctrl_c_in_the_client_stops_the_runs_on_the_workers(cluster, tmp_path):
             for _ in execute_on_dask(runs, "tiny", cluster, write=write, log=io.StringIO()):
                 pass
     finally:
+        done.set()
         presser.join()
+        signal.signal(signal.SIGINT, previous)
     assert len(seen) == 2 and write.written == []
     stopped = time.monotonic()
     with Client(cluster, timeout=30) as watcher:
