@@ -17,10 +17,12 @@ reported as failed (``KilledWorker``) rather than retried forever. Each run is c
 its task's key, so no run is written or counted twice. Exceptions raised by a run are not
 retried (training is deterministic: a retry would fail the same way).
 
-Stopping: Ctrl-C or SIGTERM in the client cancels every submitted task. Runs not started never
-start; a run already training stops at its next training-log flush (every 50 steps) because it
-sees that its task was cancelled, and its MLflow run is marked KILLED. Finished runs are on disk,
-so the same command resumes.
+Stopping: Ctrl-C or SIGTERM in the client cancels every submitted task (so does the client
+dying: the scheduler then releases its tasks). Runs not started never start; a run already
+training stops at its next training-log flush (every 50 steps) because it sees that its task was
+cancelled, and its MLflow run is marked KILLED. Finished runs are on disk, so the same command
+resumes. Workers are best started with ``--nthreads 1`` (several runs in one process would share
+torch's process-wide thread setting); use ``--nworkers N`` for N runs at once per machine.
 
 Tracking (MLflow), decided as follows. The workers log each run themselves, as ``gabench run``
 does, so the tracking store must be one they can reach over the network: an MLflow tracking

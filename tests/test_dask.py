@@ -131,7 +131,7 @@ def cluster(tmp_path_factory) -> Iterator[str]:
     """A scheduler and two single-threaded workers on 127.0.0.1; yields the scheduler address."""
     tmp = tmp_path_factory.mktemp("dask")
     file = tmp / "scheduler.json"
-    procs = [_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+    procs = [_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
                      "--scheduler-file", str(file)], tmp / "scheduler.log")]
     try:
         deadline = time.monotonic() + 60
@@ -425,6 +425,8 @@ def test_workers_track_to_the_server_and_lost_attempts_are_closed(cluster, mlflo
             local = pd.read_parquet(tmp_path / "dask" / run.run_id / "results.parquet")
             test = local[(local.split == "test") & (local.metric == "loss_post")]
             assert r.data.metrics["test/loss_post"] == pytest.approx(float(test.value.iloc[0]))
+            artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}  # via the server
+            assert {"results.parquet", "weights.parquet", "config.json"} <= artifacts
     # A worker that died mid-run leaves its attempt RUNNING; collecting the task closes it.
     key = by_run[runs[0].run_id].data.tags["dask_key"]
     lost = client.create_run(exp.experiment_id, tags={"dask_key": key}).info.run_id
