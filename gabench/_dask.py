@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from gabench import __version__
 from gabench._errors import ConfigError
-from gabench.compare import TrackRuns, label_tables  # the one import from the compare command
+from gabench.compare import TrackRuns, one_line, train_planned
 from gabench.results import RunResult
 from gabench.study import PlannedRun
 from gabench.trainer import Callback
@@ -100,7 +100,7 @@ class RunPayload:
     def message(self) -> str:
         """The progress line's status, as a local compare words it."""
         if self.result is None:
-            return self.reason if self.error == "DivergedError" else f"{self.error}: {self.reason}"
+            return self.reason
         post = self.result.test.get("loss_post")
         return f"loss_post={post.mean:.4g}" if post is not None else ""
 
@@ -146,8 +146,6 @@ def train_on_worker(run: PlannedRun, study: str, callbacks_for: CallbacksFor | N
         A :class:`RunPayload`: the labelled :class:`~gabench.results.RunResult`, or the error
         type and a one-line reason when the run raised (divergence or anything else).
     """
-    from gabench.trainer import Trainer
-
     start = time.perf_counter()
     worker = _current_worker()
     where = worker.address if worker is not None else ""
@@ -161,24 +159,12 @@ def train_on_worker(run: PlannedRun, study: str, callbacks_for: CallbacksFor | N
                 if isinstance(tags, dict):
                     tags["dask_key"] = str(key)
             callbacks.append(_StopWhenCancelled(worker, key))
-        trainer = Trainer.from_config(run.config, callbacks=callbacks, progress=False)
-        result = trainer.fit()
+        # a failure is recorded by the callbacks' on_fail (the MLflow run: FAILED, or KILLED
+        # when the task was cancelled)
+        result = train_planned(run, study, callbacks)
     except Exception as exc:  # every failure becomes a record; the other runs go on
-        reason = _one_line(exc)
-        status = "KILLED" if isinstance(exc, RunCancelled) else "FAILED"
-        for cb in callbacks:  # e.g. the MLflow run: FAILED (diverged) or KILLED (cancelled)
-            fail = getattr(cb, "fail", None)
-            if fail is not None:
-                try:
-                    fail(f"{type(exc).__name__}: {reason}", status)
-                except Exception:  # noqa: BLE001 - the run's own error is the one to report
-                    pass
         return RunPayload(run.run_id, time.perf_counter() - start, error=type(exc).__name__,
-                          reason=reason, mlflow_run_id=_mlflow_run_id(callbacks), worker=where)
-    label_tables(result.results, result.weights, run, study)
-    result.extra = {**result.extra, "study": {
-        "name": study, "run_id": run.run_id, "family_label": run.family_label,
-        "method_label": run.method_label, "setting": run.setting}}
+                          reason=one_line(exc), mlflow_run_id=_mlflow_run_id(callbacks), worker=where)
     return RunPayload(run.run_id, time.perf_counter() - start, result=result,
                       mlflow_run_id=_mlflow_run_id(callbacks), worker=where)
 
@@ -399,7 +385,7 @@ def _collect(client: Client, futures: dict[Future, PlannedRun], write: Writer, t
             exc = fut.exception() if fut.status == "error" else None
             payload = RunPayload(run.run_id, time.perf_counter() - submitted,
                                  error=type(exc).__name__ if exc else fut.status,
-                                 reason=_one_line(exc) if exc else f"task {fut.status}")
+                                 reason=one_line(exc) if exc else f"task {fut.status}")
         fut.release()
         if payload.result is not None:
             write(run, payload.result)

@@ -26,6 +26,11 @@ class ConfigError(ValueError):
         self.allowed = allowed
         super().__init__(f"{param}={value!r} is not allowed: expected {allowed}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its arguments when it crosses a process boundary (a pool worker's error
+        # reaches the parent pickled; the default would call __init__ with the message only).
+        return (type(self), (self.param, self.value, self.allowed))
+
 
 def check_positive(param: str, value: Any, *, allow_zero: bool = False) -> float:
     """Return ``value`` as a finite float, > 0 (or >= 0 with ``allow_zero``)."""

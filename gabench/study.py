@@ -80,6 +80,9 @@ class StudyError(ConfigError):
         self.param, self.value, self.allowed = key, None, problem
         ValueError.__init__(self, f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.file, self.key, self.problem))
+
 
 @dataclass(frozen=True)
 class Tuned:

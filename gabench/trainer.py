@@ -38,6 +38,9 @@ class DivergedError(RuntimeError):
         super().__init__(f"training diverged: {metric}={value} at step {step}; "
                          "try a smaller alpha or beta")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.metric, self.value))
+
 
 class Callback:
     """Hooks the trainer calls; every method is optional. Callbacks may raise to stop a run

@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--redo-changed", action="store_true",
                    help="rerun finished runs whose configuration differs from the study file")
     p.add_argument("--plan", action="store_true", help="print the planned runs and exit")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on an existing Dask cluster (tcp://HOST:8786; needs pip install "
+                        "gabench[dask]); results come back here; tracking needs a server "
+                        "(--tracking-uri http://...) or --no-tracking")
     add_tracking_options(p, None, "MLflow experiment name (default gabench-<study>)")
     return p
 
@@ -43,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(study.runs)} runs", file=sys.stderr)
         return 0
     tracking_uri = tracking_uri_from_args(args)  # an unreachable server fails here, before any run
+    if args.scheduler is not None:
+        from gabench._dask import check_scheduler
+
+        # before anything is written: the scheduler answers, the workers run this gabench and
+        # reach the tracking server (a SQLite store on this machine is refused)
+        check_scheduler(args.scheduler, tracking_uri)
     callbacks_for: CallbacksFor = no_callbacks
     experiment = None
     if tracking_uri is not None:
@@ -50,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         experiment = callbacks_for.prepare(study.name)
     try:
         out = run_study(study, args.out_root, workers, callbacks_for=callbacks_for,
-                        redo_changed=args.redo_changed, threads=args.threads)
+                        redo_changed=args.redo_changed, threads=args.threads, scheduler=args.scheduler)
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"
         print(f"gabench compare: {how}; finished runs are kept in {Path(args.out_root) / study.name}/"

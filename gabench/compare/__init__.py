@@ -25,7 +25,7 @@ study table on disk), :mod:`~gabench.compare._signals` (SIGTERM in the parent an
 :mod:`~gabench.compare._tracking` (the tracking hook).
 """
 
-from gabench.compare._execute import execute_run, label_tables
+from gabench.compare._execute import execute_run, label_tables, one_line, train_planned
 from gabench.compare._schedule import REBUILD_EVERY_S, CompareResult, run_study
 from gabench.compare._signals import Terminated
 from gabench.compare._state import (
@@ -39,6 +39,7 @@ from gabench.compare._state import (
 from gabench.compare._tracking import CallbacksFor, TrackRuns, no_callbacks
 
 __all__ = [
+    "one_line", "train_planned",
     "IGNORED_FIELDS", "REBUILD_EVERY_S", "STUDY_COLUMNS", "CallbacksFor", "CompareResult", "Terminated",
     "TrackRuns", "config_diff", "execute_run", "label_tables", "no_callbacks", "rebuild_table",
     "run_state", "run_study", "write_parquet",

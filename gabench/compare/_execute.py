@@ -31,37 +31,71 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
             previous setting is restored afterwards.
 
     Returns:
-        ``{"run_id", "ok", "seconds", "message"}``; ``ok`` is false when training diverged
-        (nothing is written then).
+        ``{"run_id", "ok", "seconds", "message"}``; ``ok`` is false when the run failed
+        (diverged, or raised any other error: the message keeps the reason; nothing is
+        written then). A run found finished on disk (by another process meanwhile) is skipped.
     """
     import torch
 
+    from gabench.compare._state import run_state
     from gabench.results import write_run
-    from gabench.trainer import DivergedError, Trainer
+    from gabench.trainer import DivergedError
 
+    start = time.perf_counter()
+
+    def outcome(ok: bool, message: str) -> dict[str, Any]:
+        return {"run_id": run.run_id, "ok": ok, "seconds": time.perf_counter() - start, "message": message}
+
+    if not overwrite and run_state(out_dir, run.config) == "finished":
+        # finished meanwhile (e.g. by a process that had it queued): skipped, not redone
+        return outcome(True, "finished meanwhile; skipped")
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    start = time.perf_counter()
     try:
         with run_active():
-            result = Trainer(run.config, callbacks_for(run, study), progress=False).fit()
+            result = train_planned(run, study, callbacks_for(run, study))
+        write_run(out_dir, result, overwrite=overwrite)
+    except Exception as exc:  # any error is this run's failure (reason kept); the others go on
+        finished = not overwrite and run_state(out_dir, run.config) == "finished"
+        if finished and not isinstance(exc, DivergedError):  # written by another process meanwhile
+            return outcome(True, "finished meanwhile; skipped")
+        return outcome(False, one_line(exc))
     except BaseException as exc:
-        if isinstance(exc, DivergedError):
-            return {"run_id": run.run_id, "ok": False, "seconds": time.perf_counter() - start,
-                    "message": str(exc)}
         exit_if_terminated_worker(exc)
         raise
     finally:
         torch.set_num_threads(previous)
+    post = result.test.get("loss_post")
+    return outcome(True, f"loss_post={post.mean:.4g}" if post is not None else "")
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: its message's first line, prefixed by its type unless it is a
+    divergence (whose message says what happened)."""
+    from gabench.trainer import DivergedError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, DivergedError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def train_planned(run: PlannedRun, study: str, callbacks: list[Any]) -> Any:
+    """Train and meta-test one planned run as ``gabench run`` does and label its tables with the
+    study's identity; returns the :class:`~gabench.results.RunResult` (nothing is written).
+
+    A run that stops without a result is recorded by its callbacks (the trainer calls their
+    :meth:`~gabench.trainer.Callback.on_fail`) and raises.
+    """
+    from gabench.trainer import Trainer
+
+    result = Trainer(run.config, callbacks, progress=False).fit()
     label_tables(result.results, result.weights, run, study)
     result.extra = {**result.extra, "study": {
         "name": study, "run_id": run.run_id, "family_label": run.family_label,
         "method_label": run.method_label, "setting": run.setting}}
-    write_run(out_dir, result, overwrite=overwrite)
-    post = result.test.get("loss_post")
-    return {"run_id": run.run_id, "ok": True, "seconds": time.perf_counter() - start,
-            "message": f"loss_post={post.mean:.4g}" if post is not None else ""}
+    return result
 
 
 def label_tables(results: pd.DataFrame, weights: pd.DataFrame, run: PlannedRun, study: str) -> None:

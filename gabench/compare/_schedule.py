@@ -55,7 +55,7 @@ class CompareResult:
 def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
               callbacks_for: CallbacksFor = no_callbacks,
               redo_changed: bool = False, threads: int | None = 1,
-              log: TextIO | None = None) -> CompareResult:
+              log: TextIO | None = None, scheduler: str | None = None) -> CompareResult:
     """Run every unfinished run of ``study`` and rebuild the study table.
 
     Args:
@@ -69,6 +69,9 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
         redo_changed: Rerun finished runs whose recorded configuration differs from the plan
             (otherwise that is an error).
         log: Where progress lines go (default stderr).
+        scheduler: Address of a Dask scheduler (``tcp://HOST:8786``): the runs execute on its
+            workers and come back here to be written (:mod:`gabench._dask`; ``workers`` and
+            ``threads`` are then not used, and tracking goes to ``callbacks_for``'s server).
 
     Returns:
         A :class:`CompareResult`.
@@ -80,11 +83,12 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
     log = log or sys.stderr
     workers = check_int("--workers", workers)
     with sigterm_stops():
-        return _run_study(study, out_root, workers, callbacks_for, redo_changed, threads, log)
+        return _run_study(study, out_root, workers, callbacks_for, redo_changed, threads, log, scheduler)
 
 
 def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: CallbacksFor,
-               redo_changed: bool, threads: int | None, log: TextIO) -> CompareResult:
+               redo_changed: bool, threads: int | None, log: TextIO,
+               scheduler: str | None = None) -> CompareResult:
     if threads is not None:
         threads = check_int("--threads", threads)
     study_dir = Path(out_root) / study.name
@@ -116,14 +120,18 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 f"it to rerun the {len(changed)} finished run(s) whose configuration differs from "
                 f"{study.path} (e.g. {study_dir / first.run_id}: {diff}), or another --out-root"))
         done = len(study.runs) - len(todo)
+        where = f"on the Dask cluster {scheduler}" if scheduler else f"with {workers} worker(s)"
         print(f"{study.name}: {len(study.runs)} runs planned, {done} finished already, "
-              f"{len(todo)} to run with {workers} worker(s) -> {study_dir}/", file=log, flush=True)
+              f"{len(todo)} to run {where} -> {study_dir}/", file=log, flush=True)
         failures: dict[str, str] = {}
         ran = 0
         start = last_rebuild = time.monotonic()
         try:
-            for outcome in _execute(todo, study.name, study_dir, workers, callbacks_for,
-                                    {r.run_id for r in todo if (study_dir / r.run_id).exists()}, threads):
+            replace = {r.run_id for r in todo if (study_dir / r.run_id).exists()}
+            outcomes = (_execute_on_dask(todo, study.name, study_dir, scheduler, callbacks_for, replace, log)
+                        if scheduler else
+                        _execute(todo, study.name, study_dir, workers, callbacks_for, replace, threads))
+            for outcome in outcomes:
                 ran += 1
                 done += outcome["ok"]
                 if outcome["ok"]:
@@ -151,10 +159,11 @@ def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
                               threads)
         return
     import multiprocessing
+    import os
 
     pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)),
                                mp_context=multiprocessing.get_context("spawn"),
-                               initializer=worker_init)
+                               initializer=worker_init, initargs=(os.getpid(),))
     pending: set[Future[dict[str, Any]]] = set()
     queue = list(reversed(todo))
     try:
@@ -172,6 +181,20 @@ def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def _execute_on_dask(todo: list[PlannedRun], study: str, study_dir: Path, scheduler: str,
+                     callbacks_for: CallbacksFor, replace: set[str], log: TextIO) -> Iterator[dict[str, Any]]:
+    from gabench._dask import execute_on_dask
+    from gabench.results import write_run
+
+    def write(run: PlannedRun, result: Any) -> None:
+        write_run(study_dir / run.run_id, result, overwrite=run.run_id in replace)
+
+    tracking_uri = getattr(callbacks_for, "tracking_uri", None)
+    experiment = getattr(callbacks_for, "experiment", None)
+    yield from execute_on_dask(todo, study, scheduler, write=write, tracking_uri=tracking_uri,
+                               experiment=experiment, log=log)
 
 
 def _progress(log: TextIO, elapsed: float, ran: int, total: int, done: int, planned: int,

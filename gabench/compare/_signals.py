@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from gabench._processes import Terminated, die_with_parent
+from gabench._processes import sigterm_raises as sigterm_stops
 
-class Terminated(KeyboardInterrupt):
-    """Raised by the SIGTERM handler, so that a terminated compare stops like an interrupted one."""
+__all__ = ["STATE", "Terminated", "exit_if_terminated_worker", "run_active", "sigterm_stops",
+           "worker_init"]
 
 
 @dataclass
@@ -26,10 +27,6 @@ class _ProcessState:
 STATE = _ProcessState()
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(f"signal {signum}")
-
-
 def _worker_sigterm(signum: int, frame: Any) -> None:
     """A pool worker being stopped: let the active run mark itself KILLED, then exit."""
     if STATE.run_active:
@@ -37,12 +34,14 @@ def _worker_sigterm(signum: int, frame: Any) -> None:
     os._exit(128 + signum)
 
 
-def worker_init() -> None:
+def worker_init(parent_pid: int) -> None:
     """Initializer of pool workers: the parent handles Ctrl-C and stops the pool; its
-    ``terminate()`` (SIGTERM) lets an active run mark itself KILLED."""
+    ``terminate()`` (SIGTERM) lets an active run mark itself KILLED; the worker gets the same
+    SIGTERM when the parent dies, even by ``kill -9``, so no worker outlives it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_sigterm)
     STATE.in_worker = True
+    die_with_parent(parent_pid)
 
 
 @contextmanager
@@ -59,17 +58,3 @@ def exit_if_terminated_worker(exc: BaseException) -> None:
     """In a pool worker, a terminated run ends the process: never go on to another queued run."""
     if STATE.in_worker and isinstance(exc, Terminated):
         os._exit(143)
-
-
-@contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """While a study runs in the main thread, SIGTERM raises :class:`Terminated` (so the worker
-    processes are stopped, not orphaned, and the study table is rebuilt)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

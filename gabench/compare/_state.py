@@ -25,11 +25,34 @@ STUDY_COLUMNS: tuple[str, ...] = ("study", "family_label", "setting")
 IGNORED_FIELDS: tuple[str, ...] = ("device", "eval_batch")
 
 
+RUN_FILES = ("config.json", "results.parquet", "weights.parquet")
+
+
 def run_state(path: Path, config: RunConfig) -> str:
-    """``"missing"``, ``"finished"`` or ``"changed"`` (finished with another configuration)."""
-    if not (path / "config.json").is_file() or not (path / "results.parquet").is_file():
+    """``"missing"``, ``"finished"`` or ``"changed"`` (finished with another configuration).
+
+    A run is finished only when all its files read back: a truncated or corrupt table (a disk
+    that filled up, a copy cut short) makes it ``"missing"``, so it is redone, never counted.
+    """
+    if not all((path / name).is_file() for name in RUN_FILES) or not tables_read_back(path):
         return "missing"
-    return "finished" if not config_diff(read_config(path), config) else "changed"
+    try:
+        recorded = read_config(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return "missing"
+    return "finished" if not config_diff(recorded, config) else "changed"
+
+
+def tables_read_back(path: Path) -> bool:
+    """Whether the run's parquet tables read back completely (every row group decodes)."""
+    import pyarrow.parquet as pq
+
+    try:
+        for name in ("results.parquet", "weights.parquet"):
+            pq.read_table(path / name)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError; ArrowIOError an OSError
+        return False
+    return True
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -92,7 +115,8 @@ def rebuild_table(study: Study, study_dir: Path) -> int:
     columns = [*RESULT_COLUMNS, *STUDY_COLUMNS]
     res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=columns)
     wts = pd.concat(weights, ignore_index=True) if weights else pd.DataFrame(columns=list(WEIGHT_COLUMNS))
-    write_parquet(study_dir / "results.parquet", res[columns])
+    # runs written before a column existed (e.g. ``select``) get it empty
+    write_parquet(study_dir / "results.parquet", res.reindex(columns=columns))
     write_parquet(study_dir / "weights.parquet", wts[list(WEIGHT_COLUMNS)])
     return len(results)
 
