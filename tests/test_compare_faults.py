@@ -1,0 +1,142 @@
+"""gabench compare under faults: an error in one run, errors crossing process boundaries,
+workers whose parent is killed, runs finished meanwhile, and truncated run tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gabench._errors import ConfigError
+from gabench.commands import main
+from gabench.compare import execute_run, run_state, run_study
+from gabench.study import StudyError, load_study
+from gabench.trainer import DivergedError, Trainer
+
+STUDY = """
+name = "tiny"
+seeds = 2
+[defaults]
+steps = 3
+meta_batch = 2
+test_tasks = 4
+eval_every = 0
+[families.sine]
+[methods.maml]
+algorithm = "maml"
+[methods."maml+ga"]
+algorithm = "maml"
+aggregator = "ga"
+"""
+
+
+def study_file(tmp_path: Path, text: str = STUDY) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("exc", [
+    ConfigError("--alpha", 1e39, "a finite number <= 1000"),
+    StudyError("s.toml", "methods.x.alpha", "a number"),
+    DivergedError(7, "query_loss", float("nan")),
+])
+def test_errors_survive_pickling_across_processes(exc):
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc) and str(back) == str(exc)
+
+
+def test_an_error_in_one_run_is_that_runs_failure_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    original = Trainer.fit
+
+    def fit(self):
+        if self.run_config.aggregator == "ga" and self.seed == 1:
+            raise RuntimeError("value cannot be converted to type float without overflow")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    out = tmp_path / "runs"
+    code = main(["compare", str(study_file(tmp_path)), "--out-root", str(out), "--no-tracking"])
+    assert code == 1
+    study_dir = out / "tiny"
+    failed = json.loads((study_dir / "failed.json").read_text())
+    assert failed == {"sine__maml+ga__s1":
+                      "RuntimeError: value cannot be converted to type float without overflow"}
+    finished = {p.name for p in study_dir.iterdir() if p.is_dir() and (p / "config.json").exists()}
+    assert finished == {"sine__maml__s0", "sine__maml__s1", "sine__maml+ga__s0"}
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "1 run(s) failed" in err
+
+
+def test_a_run_finished_meanwhile_is_skipped_not_redone(tmp_path):
+    study = load_study(study_file(tmp_path))
+    run = study.runs[0]
+    first = execute_run(run, "tiny", tmp_path / run.run_id)
+    assert first["ok"] and first["message"].startswith("loss_post=")
+    before = (tmp_path / run.run_id / "results.parquet").stat().st_mtime_ns
+    again = execute_run(run, "tiny", tmp_path / run.run_id)
+    assert again["ok"] and "skipped" in again["message"]
+    assert (tmp_path / run.run_id / "results.parquet").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("victim", ["results.parquet", "weights.parquet"])
+def test_a_run_whose_tables_do_not_read_back_is_not_finished(tmp_path, victim, capsys):
+    path = study_file(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
+    run_dir = out / "tiny" / "sine__maml__s0"
+    table = run_dir / victim
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])  # truncated
+    study = load_study(path)
+    planned = next(r for r in study.runs if r.run_id == "sine__maml__s0")
+    assert run_state(run_dir, planned.config) == "missing"
+    capsys.readouterr()
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking", "--plan"]) == 0
+    assert "sine__maml__s0\tmissing" in capsys.readouterr().out
+    result = run_study(study, out)
+    assert result.ran == 1 and result.finished == 4
+    pd.read_parquet(table)  # rewritten whole
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def test_kill_9_of_compare_takes_its_workers_with_it(tmp_path):
+    text = STUDY.replace("steps = 3", "steps = 3000").replace("seeds = 2", "seeds = 4")
+    path = study_file(tmp_path, text)
+    proc = subprocess.Popen([sys.executable, "-m", "gabench", "compare", str(path), "--workers", "2",
+                             "--out-root", str(tmp_path / "runs"), "--no-tracking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True)
+        workers = [int(x) for x in out.stdout.split()]
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the pool did not start"
+    time.sleep(2)  # the workers are training
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not [w for w in workers if _alive(w)], "workers outlived their killed parent"
+    # an immediate rerun finishes the study: nothing left half-written or held by an orphan
+    short = text.replace("steps = 3000", "steps = 3")
+    path.write_text(textwrap.dedent(short))
+    assert main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--no-tracking",
+                 "--redo-changed"]) == 0
