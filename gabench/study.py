@@ -223,8 +223,8 @@ def _best_params(storage: str, study: str) -> tuple[tuple[str, float], ...]:
 
     from gabench.tuning import make_storage, redact
 
-    try:  # the storages `gabench tune` writes, journal:PATH included
-        opened = make_storage(storage)
+    try:  # the storages `gabench tune` writes, journal:PATH included; reading creates nothing
+        opened = make_storage(storage, create=False)
     except ConfigError as exc:
         raise ValueError(f"cannot open Optuna storage {redact(storage)!r} (expected {exc.allowed})") from None
     try:

@@ -125,17 +125,26 @@ def redact(url: str) -> str:
     return url
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
+def make_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``: an RDB URL (sqlite, postgresql, mysql) or ``journal:PATH``.
 
+    Args:
+        url: The storage URL.
+        create: Create a missing journal file (and its folder) or SQLite database. False for
+            readers (a study file's ``tuned`` block): a missing file is then an error, and
+            nothing is created on disk.
+
     Raises:
-        ConfigError: an unknown scheme or a database that cannot be reached.
+        ConfigError: an unknown scheme, a database that cannot be reached, or (``create``
+            false) a journal or SQLite file that does not exist.
     """
     _quiet_optuna()
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):])
         if not path.name:
             raise ConfigError("--storage", url, "journal:PATH with a file name")
+        if not create and not path.is_file():
+            raise ConfigError("--storage", url, "an existing journal file (nothing is created when reading)")
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
@@ -144,6 +153,11 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     if scheme not in ("sqlite", "postgresql", "mysql"):
         raise ConfigError("--storage", redact(url), "sqlite:///PATH, postgresql://USER:PASS@HOST/DB, "
                                                     "mysql://... or journal:PATH")
+    if scheme == "sqlite" and not create:
+        db = urllib.parse.urlsplit(url).path[1:]  # sqlite:///rel or sqlite:////abs
+        if db in ("", ":memory:") or not Path(db).is_file():
+            raise ConfigError("--storage", redact(url),
+                              "an existing SQLite file (nothing is created when reading)")
     kwargs: dict[str, Any] = {}
     if scheme == "sqlite":
         kwargs = {"connect_args": {"timeout": 60}}
