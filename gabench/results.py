@@ -90,6 +90,7 @@ def prepare_out_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
     already (and ``overwrite`` is false), is a file, or cannot be written.
     """
     path = Path(out)
+    check_path_names("--out", path)
     if path.exists() and not path.is_dir():
         raise ConfigError("--out", str(out), "a directory path (this is an existing file)")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -104,6 +105,25 @@ def prepare_out_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
                           f"a writable location ({parent}: {exc.strerror})") from None
     os.rmdir(probe)
     return path
+
+
+def check_path_names(param: str, path: Path) -> None:
+    """Raise :class:`ConfigError` naming ``param`` when a name in ``path`` is longer than the
+    file system allows (255 bytes on common Linux file systems) or the path as a whole is."""
+    name_max, path_max = 255, 4096
+    try:
+        anchor = _existing_ancestor(path.absolute())
+        name_max = os.pathconf(anchor, "PC_NAME_MAX")
+        path_max = os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        pass
+    # a run directory is written through a temporary sibling ``.<name>.tmp-XXXXXXXX`` (+14 bytes)
+    long = [part for part in path.parts if len(os.fsencode(part)) + 14 > name_max]
+    if long:
+        raise ConfigError(param, f"{str(path)[:60]}...", f"a path whose names have at most "
+                          f"{name_max - 14} bytes (one has {len(os.fsencode(long[0]))})")
+    if len(os.fsencode(str(path.absolute()))) > path_max - 64:
+        raise ConfigError(param, f"{str(path)[:60]}...", f"a path shorter than {path_max - 64} bytes")
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -80,6 +80,12 @@ def tracking_uri_from_args(args: argparse.Namespace) -> str | None:
     """The checked tracking URI, or None with --no-tracking (fails before any training)."""
     if args.no_tracking:
         return None
+    experiment = getattr(args, "experiment", None)
+    if experiment is not None and not (0 < len(experiment) <= 500 and experiment == experiment.strip()):
+        from gabench._errors import ConfigError
+
+        raise ConfigError("--experiment", experiment if len(experiment) <= 60 else experiment[:60] + "...",
+                          "a name of 1 to 500 characters without surrounding spaces (MLflow's limit)")
     from gabench.tracking import check_tracking_uri, default_tracking_uri
 
     return check_tracking_uri(args.tracking_uri or default_tracking_uri())

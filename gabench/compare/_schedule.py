@@ -92,7 +92,7 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
     if threads is not None:
         threads = check_int("--threads", threads)
     study_dir = Path(out_root) / study.name
-    study_dir.mkdir(parents=True, exist_ok=True)
+    prepare_study_dir(study_dir)
     with study_lock(study_dir):
         remove_leftovers(study_dir)
         commit = git_commit()
@@ -148,6 +148,21 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
             write_json(study_dir / "failed.json", failures)
             write_meta()
     return CompareResult(study_dir, len(study.runs), finished, ran, failures)
+
+
+def prepare_study_dir(study_dir: Path) -> None:
+    """Create ``study_dir`` (``--out-root``/<study>), or raise one :class:`ConfigError` line."""
+    from gabench.results import check_path_names
+
+    root = study_dir.parent
+    check_path_names("--out-root", study_dir)
+    for path in (root, study_dir):
+        if path.exists() and not path.is_dir():
+            raise ConfigError("--out-root", str(root), f"a directory ({path} is a file)")
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("--out-root", str(root), f"a writable directory ({exc.strerror})") from None
 
 
 def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
