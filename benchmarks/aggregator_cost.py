@@ -114,6 +114,23 @@ def report(results: dict[tuple[str, str, int], dict[str, float]], names: list[st
                 cells.append(f"{ms:.1f} ms" if n == "mean" else f"{ms:.1f} ms ({ms / base:.2f}x)")
             lines.append(f"| {n} | {AGGREGATORS[n].matrix} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += [
+        "## What the costs come from (TorchJD " + version("torchjd") + " sources)",
+        "",
+        "- Every `outer_gradients` aggregator first needs the per-task outer gradients (T x P, batched; "
+        "for second-order MAML the fast path's reverse pass without the task sum) and the Gramian "
+        "J J^T (O(T^2 P)).",
+        "- `upgrad`: one quadratic program of size T per task (quadprog, on the CPU): T QPs per step, "
+        "the dominant cost at T = 100. `dualproj`: one such QP.",
+        "- `pcgrad`: T (T - 1) scalar projections in a Python loop on the CPU.",
+        "- `mgda`: Frank-Wolfe on the Gramian, up to `max_iters` = 100 small iterations.",
+        "- `cagrad`: a convex program of size T built and solved by cvxpy (Clarabel) each step.",
+        "- `imtl-g`: a pseudo-inverse of the T x T Gramian; `aligned-mtl`: its eigendecomposition.",
+        "- `config`: a pseudo-inverse of the T x P matrix of unit rows (an SVD, O(T^2 P)).",
+        "- The `updates` aggregators add one pass over G (O(T P)) to the mean's step (instruction "
+        "counts: reports/ga_cost.md); their differences from the mean here are timing noise.",
+        "",
+    ]
     return "\n".join(lines)
 
 
