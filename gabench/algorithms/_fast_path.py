@@ -15,7 +15,9 @@ logistic, cross-entropy) the same numbers come from a few batched matrix product
 - second-order MAML (:meth:`FastMLP.maml_grad`) is reverse mode through the inner loop written
   out too: ``v <- v - alpha H v`` per inner step, with the Hessian-vector products of the
   support losses by forward-over-reverse differentiation of the same layers. No autograd graph
-  is built at all; the weighted sum over tasks folds into the last matrix product of each layer;
+  is built at all; the weighted sum over tasks folds into the last matrix product of each layer
+  (without weights, the same pass gives every task's own outer gradient, the matrix the
+  multi-task aggregators combine);
 - with ``create_graph=True`` (the public :meth:`Algorithm.adapt <gabench.algorithms.Algorithm.adapt>`)
   the hand-written gradients are recorded by ordinary autograd instead, so they stay
   differentiable for callers that build their own outer loss.
