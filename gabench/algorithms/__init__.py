@@ -1,7 +1,7 @@
 """Algorithms: a batched inner loop and each task's contribution to the outer step."""
 
 from gabench.algorithms._base import Algorithm, Learner, StepResult, flatten_tasks
-from gabench.algorithms._batched import LOSS_KINDS, FastMLP
+from gabench.algorithms._fast_path import LOSS_KINDS, FastMLP
 from gabench.algorithms._maml import MAML
 from gabench.algorithms._reptile import Reptile
 

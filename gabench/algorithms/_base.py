@@ -3,8 +3,9 @@
 All per-task work is batched over the tasks of a meta-batch (no Python loop over tasks): one
 call of :meth:`Learner.batch_grad` per inner step. The general implementation is
 ``torch.func.vmap`` of ``grad_and_value``, whose second-order terms flow into ordinary autograd;
-fully connected models take the fast path of :mod:`gabench.algorithms._batched` (batched matrix
-products, same numbers).
+fully connected models take the fast path of :mod:`gabench.algorithms._fast_path` (batched matrix
+products, same numbers). The per-task outer gradients that the ``"outer_gradients"`` aggregators
+combine (:meth:`Algorithm.outer_gradients`) come from the same batched computations.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from gabench._errors import check_int, check_positive
-from gabench.aggregators import Aggregator
-from gabench.algorithms._batched import FastMLP
+from gabench.aggregators import OUTER_GRADIENTS, Aggregator
+from gabench.algorithms._fast_path import FastMLP
 from gabench.tasks import TaskBatch
 
 Params = dict[str, torch.Tensor]
@@ -235,15 +236,51 @@ class Algorithm(ABC):
             per_task = True
         return p, first_loss
 
+    @abstractmethod
+    def outer_gradients(self, learner: Learner, params: Params,
+                        batch: TaskBatch) -> tuple[Params, torch.Tensor, torch.Tensor]:
+        """Every task's own outer gradient, batched over tasks (the rows the mean would average).
+
+        Args:
+            learner: The model and loss.
+            params: Meta-parameters theta.
+            batch: The meta-batch.
+
+        Returns:
+            The per-task outer gradients, each of shape (n_tasks, *param_shape) (constants),
+            the support losses before adaptation and the query losses after it, shapes (n_tasks,).
+        """
+
     def step(self, learner: Learner, params: Params, batch: TaskBatch,
              aggregator: Aggregator) -> StepResult:
-        """Adapt to every task of ``batch``, weight the tasks and return the outer direction."""
+        """Adapt to every task of ``batch``, weight the tasks and return the outer direction.
+
+        An aggregator of the ``"updates"`` kind weights the inner updates and the algorithm forms
+        the weighted direction (:meth:`outer_direction`); one of the ``"outer_gradients"`` kind
+        combines the per-task outer gradients (:meth:`outer_gradients`) itself (see
+        :mod:`gabench.aggregators._base`).
+        """
+        if aggregator.matrix == OUTER_GRADIENTS:
+            return self.combine_outer_gradients(learner, params, batch, aggregator)
         second_order = self.differentiate_inner_loop
         with torch.set_grad_enabled(second_order and torch.is_grad_enabled()):
             adapted, support_loss = self.adapt(learner, params, batch.support_x, batch.support_y,
                                                create_graph=second_order)
         weights = self.task_weights(params, adapted, aggregator)
         direction, query_loss = self.outer_direction(learner, params, adapted, batch, weights)
+        return StepResult(direction, weights, support_loss, query_loss)
+
+    def combine_outer_gradients(self, learner: Learner, params: Params, batch: TaskBatch,
+                                aggregator: Aggregator) -> StepResult:
+        """The step of an ``"outer_gradients"`` aggregator: it combines the matrix of per-task
+        outer gradients into the direction (and gives the task weights, NaN where it has none)."""
+        grads, support_loss, query_loss = self.outer_gradients(learner, params, batch)
+        with torch.no_grad():
+            d, weights = aggregator.combine(flatten_tasks({k: grads[k] for k in params}))
+            direction, offset = {}, 0
+            for k, v in params.items():
+                direction[k] = d[offset:offset + v.numel()].view_as(v)
+                offset += v.numel()
         return StepResult(direction, weights, support_loss, query_loss)
 
     @staticmethod

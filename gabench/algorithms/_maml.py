@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gabench.aggregators import Aggregator
+from gabench.aggregators import OUTER_GRADIENTS, Aggregator
 from gabench.algorithms._base import Algorithm, Learner, Params, StepResult
 from gabench.tasks import TaskBatch
 
@@ -46,7 +46,7 @@ class MAML(Algorithm):
         applies ``(I - alpha H)`` step by step in reverse: the same gradient as the autograd
         route of :meth:`outer_direction`, without building a graph.
         """
-        if self.first_order or learner.fast is None:
+        if self.first_order or learner.fast is None or aggregator.matrix == OUTER_GRADIENTS:
             return super().step(learner, params, batch, aggregator)
         tape: list = []
         with torch.no_grad():
@@ -56,6 +56,39 @@ class MAML(Algorithm):
         direction, query_loss = learner.fast.maml_grad(tape, adapted, batch.query_x, batch.query_y,
                                                        weights, self.alpha)
         return StepResult(direction, weights, support_loss, query_loss)
+
+    def outer_gradients(self, learner: Learner, params: Params,
+                        batch: TaskBatch) -> tuple[Params, torch.Tensor, torch.Tensor]:
+        """Every task's ``grad_theta L_query_i(theta'_i(theta))``, batched over tasks.
+
+        Second order: on the fast path by the hand-written reverse pass without the task sum, on
+        the general path by one backward pass with the identity as batched seed
+        (``is_grads_batched``, i.e. vmap over the backward). First order: the query-loss
+        gradients at the adapted parameters.
+        """
+        if self.first_order:
+            with torch.no_grad():
+                adapted, support_loss = self.adapt(learner, params, batch.support_x, batch.support_y)
+            grads, query_loss = learner.batch_grad(adapted, batch.query_x, batch.query_y,
+                                                   per_task=True, create_graph=False)
+            return grads, support_loss, query_loss
+        if learner.fast is not None:
+            tape: list = []
+            with torch.no_grad():
+                adapted, support_loss = self._inner_loop(learner, params, batch.support_x,
+                                                         batch.support_y, steps=None,
+                                                         create_graph=False, tape=tape)
+            grads, query_loss = learner.fast.maml_grad(tape, adapted, batch.query_x, batch.query_y,
+                                                       None, self.alpha)
+            return grads, support_loss, query_loss
+        adapted, support_loss = self.adapt(learner, params, batch.support_x, batch.support_y,
+                                           create_graph=True)
+        query_loss = learner.batch_loss(adapted, batch.query_x, batch.query_y)
+        names = list(params)
+        seeds = torch.eye(query_loss.shape[0], dtype=query_loss.dtype, device=query_loss.device)
+        grads = torch.autograd.grad(query_loss, [params[k] for k in names], grad_outputs=seeds,
+                                    is_grads_batched=True)
+        return dict(zip(names, grads, strict=True)), support_loss, query_loss.detach()
 
     def outer_direction(self, learner: Learner, params: Params, adapted: Params,
                         batch: TaskBatch, weights: torch.Tensor) -> tuple[Params, torch.Tensor]:

@@ -32,6 +32,15 @@ class Reptile(Algorithm):
     def differentiate_inner_loop(self) -> bool:
         return False
 
+    def outer_gradients(self, learner: Learner, params: Params,
+                        batch: TaskBatch) -> tuple[Params, torch.Tensor, torch.Tensor]:
+        """Every task's update ``g_i = theta - theta'_i`` (Reptile's per-task outer direction)."""
+        with torch.no_grad():
+            adapted, support_loss = self.adapt(learner, params, batch.support_x, batch.support_y)
+            grads = {k: params[k].unsqueeze(0) - adapted[k] for k in params}
+            query_loss = learner.batch_loss(adapted, batch.query_x, batch.query_y)
+        return grads, support_loss, query_loss
+
     def outer_direction(self, learner: Learner, params: Params, adapted: Params,
                         batch: TaskBatch, weights: torch.Tensor) -> tuple[Params, torch.Tensor]:
         with torch.no_grad():

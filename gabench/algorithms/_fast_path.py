@@ -15,7 +15,9 @@ logistic, cross-entropy) the same numbers come from a few batched matrix product
 - second-order MAML (:meth:`FastMLP.maml_grad`) is reverse mode through the inner loop written
   out too: ``v <- v - alpha H v`` per inner step, with the Hessian-vector products of the
   support losses by forward-over-reverse differentiation of the same layers. No autograd graph
-  is built at all; the weighted sum over tasks folds into the last matrix product of each layer;
+  is built at all; the weighted sum over tasks folds into the last matrix product of each layer
+  (without weights, the same pass gives every task's own outer gradient, the matrix the
+  multi-task aggregators combine);
 - with ``create_graph=True`` (the public :meth:`Algorithm.adapt <gabench.algorithms.Algorithm.adapt>`)
   the hand-written gradients are recorded by ordinary autograd instead, so they stay
   differentiable for callers that build their own outer loss.
@@ -245,7 +247,7 @@ class FastMLP:
             return self._backward(params, delta, inputs, outputs, per_task=True, sum_tasks=True), loss
 
     def maml_grad(self, tape: list[_TapeEntry], adapted: Params, x: torch.Tensor, y: torch.Tensor,
-                  weights: torch.Tensor, alpha: float) -> tuple[Params, torch.Tensor]:
+                  weights: torch.Tensor | None, alpha: float) -> tuple[Params, torch.Tensor]:
         """Second-order MAML gradient ``grad_theta sum_t w_t L_t(theta'_t(theta))``, by hand.
 
         Reverse mode through the recorded inner loop ``theta_{j+1} = theta_j - alpha grad
@@ -259,20 +261,25 @@ class FastMLP:
             adapted: The adapted per-task parameters.
             x: Query inputs, shape (T, K_q, *x_shape).
             y: Query targets, shape (T, K_q).
-            weights: Task weights, shape (T,).
+            weights: Task weights, shape (T,); None for every task's own gradient
+                ``grad_theta L_t(theta'_t(theta))`` (the shared first step then does not sum
+                over tasks).
             alpha: The inner learning rate.
 
         Returns:
-            The meta-gradient, each of the shared parameter's shape, and the per-task query
-            losses, shape (T,).
+            The meta-gradient, each of the shared parameter's shape (with ``weights=None``: the
+            per-task gradients, each of shape (T, *param_shape)), and the per-task query losses,
+            shape (T,).
         """
         with torch.no_grad():
             pred, inputs, outputs = self.forward(adapted, x, per_task=True)
             loss = self._loss(pred, y)
-            delta = self._loss_grad(pred, y).mul_(weights.view(-1, 1, 1))
+            delta = self._loss_grad(pred, y)
+            if weights is not None:
+                delta.mul_(weights.view(-1, 1, 1))
             v = self._backward(adapted, delta, inputs, outputs, per_task=True)
             for entry in reversed(tape):
-                shared = not entry.per_task
+                shared = not entry.per_task and weights is not None
                 hv = self._hvp(entry, v, sum_tasks=shared)
                 if shared:
                     v = {k: torch.add(v[k].sum(0), hv[k], alpha=-alpha) for k in v}
