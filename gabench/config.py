@@ -48,8 +48,8 @@ class Setting:
     """The declaration of one run setting.
 
     Attributes:
-        kind: ``"int"``, ``"float"``, ``"str"``, ``"bool"`` or ``"params"`` (the family
-            parameter mapping).
+        kind: ``"int"``, ``"float"``, ``"str"``, ``"bool"`` or ``"params"`` (a mapping of
+            plug-in constructor parameters: the family's or the aggregator's).
         help: One line for ``--help`` and the docs.
         group: Option group of the command line (``method``, ``tasks``, ``schedule``).
         minimum: Smallest allowed value (numbers).
@@ -168,6 +168,9 @@ class RunConfig:
     aggregator: str = setting("mean", kind="str", choices="aggregator", study="method",
                               help="task weighting: mean (baseline), ga (gradient agreement) or "
                                    "ga-textbook (see gabench list)")
+    aggregator_params: dict[str, Any] = setting(
+        factory=dict, kind="params", study="method",
+        help="aggregator parameters (e.g. temperature of ga-softmax, c of cagrad; see gabench list)")
     first_order: bool = setting(False, kind="bool", study="method",
                                 help="first-order MAML (FOMAML; maml only)")
     alpha: float | None = setting(None, kind="float", minimum=0, above_minimum=True,
@@ -220,6 +223,11 @@ class RunConfig:
             decl.check(name, getattr(self, name))
         if not isinstance(self.family_params, dict):
             raise ConfigError("family_params", self.family_params, "a mapping of family parameters")
+        if not isinstance(self.aggregator_params, dict):
+            raise ConfigError("aggregator_params", self.aggregator_params,
+                              "a mapping of aggregator parameters")
+        if "aggregator" not in plugins:
+            self.build_aggregator()  # checks the aggregator's parameters
         for key in FAMILY_SIZE_PARAMS:  # each family checks its own range after this bound
             given = self.family_params.get(key)
             value = int(given) if isinstance(given, str) and given.strip().isdigit() else given
@@ -265,7 +273,7 @@ class RunConfig:
     def build_aggregator(self) -> Aggregator:
         from gabench.aggregators import AGGREGATORS
 
-        return AGGREGATORS[self.aggregator]()
+        return AGGREGATORS[self.aggregator].from_params(self.aggregator_params)
 
     @property
     def method(self) -> str:

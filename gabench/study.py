@@ -265,6 +265,13 @@ class _StudyReader:
         """Type-check one run setting's value given at ``key`` (the TOML type its declaration
         asks for; ranges are checked with the whole configuration)."""
         kind = RUN_SETTINGS[name].kind
+        if kind == "params":  # a table of plug-in parameters (checked by the plug-in)
+            table = self.table(key, value)
+            for k, v in table.items():
+                if isinstance(v, dict | list):
+                    raise self.error(_join(key, k),
+                                     f"expected a number, string or boolean, got {_describe(v)}")
+            return dict(table)
         if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
                 raise self.error(key, f"expected a finite number, got {value!r}")

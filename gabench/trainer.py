@@ -133,6 +133,8 @@ class Trainer:
         }
         self.config: dict[str, Any] = {**dataclasses.asdict(config),
                                        "alpha": float(getattr(self.algorithm, "alpha", alpha))}
+        if hasattr(self.aggregator, "config"):  # the resolved parameters, defaults included
+            self.config["aggregator_params"] = self.aggregator.config()
         self.log_every = log_every
         self.meta_test = meta_test
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads)

@@ -22,12 +22,19 @@ from gabench.aggregators._torchjd import (
 
 #: The one map from registry names to aggregator classes.
 AGGREGATORS: dict[str, type[Aggregator]] = {
-    cls.name: cls for cls in (Mean, GradientAgreement, GradientAgreementTextbook, PositiveAgreement,
-                              CosineAgreement, SoftmaxAgreement, *TORCHJD_AGGREGATORS)
+    cls.name: cls for cls in (
+        Mean, GradientAgreement, GradientAgreementTextbook, PositiveAgreement, CosineAgreement,
+        SoftmaxAgreement,
+        # TorchJD's (TORCHJD_AGGREGATORS), written out so that `gabench list` can read this
+        # registry without importing it
+        UPGradAggregator, PCGradAggregator, MGDAAggregator, CAGradAggregator, IMTLGAggregator,
+        AlignedMTLAggregator, DualProjAggregator, ConFIGAggregator,
+    )
 }
 
 __all__ = ["AGGREGATORS", "OUTER_GRADIENTS", "UPDATES", "Aggregator", "AlignedMTLAggregator",
            "CAGradAggregator", "ConFIGAggregator", "CosineAgreement", "DualProjAggregator",
            "GradientAgreement", "GradientAgreementTextbook", "IMTLGAggregator", "MGDAAggregator", "Mean",
-           "PCGradAggregator", "PositiveAgreement", "SoftmaxAgreement", "TorchJDAggregator",
+           "PCGradAggregator", "PositiveAgreement", "SoftmaxAgreement", "TORCHJD_AGGREGATORS",
+           "TorchJDAggregator",
            "UPGradAggregator", "weight_stats"]

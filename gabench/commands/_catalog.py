@@ -38,7 +38,7 @@ class PluginInfo:
         name: Registry name.
         description: One line.
         default_alpha: The family's default inner learning rate (families only).
-        params: ``(name, default)`` of each constructor parameter (families only).
+        params: ``(name, default)`` of each constructor parameter (families and aggregators).
     """
 
     name: str
@@ -78,7 +78,9 @@ def imported_catalog() -> Catalog:
                                   tuple((p.name, p.default) for p in cls.param_specs()))
                        for name, cls in FAMILIES.items()),
         algorithms=tuple(PluginInfo(name, cls.description) for name, cls in ALGORITHMS.items()),
-        aggregators=tuple(PluginInfo(name, cls.description) for name, cls in AGGREGATORS.items()),
+        aggregators=tuple(PluginInfo(name, cls.description, None,
+                                     tuple((p.name, p.default) for p in cls.param_specs()))
+                          for name, cls in AGGREGATORS.items()),
         outlier_modes=dict(modes),
     )
 
@@ -103,6 +105,9 @@ def static_catalog() -> Catalog:
                     raise NotStatic(cls.name)
                 infos.append(PluginInfo(_value(attrs, "name"), _value(attrs, "description"),
                                         _value(attrs, "default_alpha"), _init_params(attrs)))
+            elif kind == "aggregators":
+                infos.append(PluginInfo(_value(attrs, "name"), _value(attrs, "description"), None,
+                                        _init_params(attrs)))
             else:
                 infos.append(PluginInfo(_value(attrs, "name"), _value(attrs, "description")))
         kinds[kind] = tuple(infos)
@@ -122,7 +127,9 @@ def _value(attrs: dict[str, Any], name: str) -> Any:
 
 
 def _init_params(attrs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    init = attrs.get("__init__")
+    init = attrs.get("__init__", _UNKNOWN)
+    if init is _UNKNOWN:  # no __init__ in the class or its gabench bases: no parameters
+        return ()
     if not isinstance(init, ast.FunctionDef):
         raise NotStatic("__init__")
     a = init.args

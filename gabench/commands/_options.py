@@ -2,7 +2,8 @@
 
 The run options are derived from the declarations of :data:`gabench.config.RUN_SETTINGS`: one
 option per :class:`~gabench.config.RunConfig` field, plus ``--shots``, ``--query-shots``,
-``--ways`` and ``-P KEY=VALUE`` for the family parameters.
+``--ways`` and ``-P KEY=VALUE`` for the family parameters and ``-A KEY=VALUE`` for the
+aggregator's.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     defaults = run_defaults()
     for name, decl in RUN_SETTINGS.items():
         g = groups[decl.group]
+        if name == "aggregator_params":
+            g.add_argument("-A", "--aggregator-param", action="append", type=key_value, default=[],
+                           metavar="KEY=VALUE", help="aggregator parameter (repeatable; see gabench list)")
+            continue
         if decl.kind == "params":
             for key in FAMILY_SIZE_PARAMS:
                 g.add_argument(f"--{key.replace('_', '-')}", type=int, metavar="N",
@@ -62,7 +67,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             family_params[key] = value
     values = {name: getattr(args, name) for name, decl in RUN_SETTINGS.items() if decl.kind != "params"}
-    return RunConfig(family_params=family_params, **values).validate()
+    return RunConfig(family_params=family_params, aggregator_params=dict(args.aggregator_param),
+                     **values).validate()
 
 
 def add_tracking_options(p: argparse.ArgumentParser, experiment: str | None = "gabench",

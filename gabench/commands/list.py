@@ -25,9 +25,11 @@ def run(args: argparse.Namespace) -> int:
     print("\nAlgorithms:")
     for alg in catalog.algorithms:
         print(f"  {alg.name:15s} {alg.description}")
-    print("\nAggregators:")
+    print("\nAggregators (parameters with defaults; set with -A KEY=VALUE):")
     for agg in catalog.aggregators:
         print(f"  {agg.name:15s} {agg.description}")
+        if agg.params:
+            print(f"  {'':15s}   " + ", ".join(f"{name}={default}" for name, default in agg.params))
     print("\nOutlier modes (--outlier-mode):")
     for name, kinds in catalog.outlier_modes.items():
         print(f"  {name:15s} for {' and '.join(kinds)} families")
