@@ -355,8 +355,8 @@ class Explodes(Callback):
     def on_train_log(self, steps, metrics) -> None:
         raise ValueError("boom\n  on two lines")
 
-    def fail(self, reason: str, status: str = "FAILED") -> None:
-        self.failed.append((reason, status))
+    def on_fail(self, exc: BaseException) -> None:
+        self.failed.append((type(exc).__name__, str(exc)))
 
 
 def test_a_run_that_raises_comes_back_as_a_failure_record(tmp_path):
@@ -364,9 +364,9 @@ def test_a_run_that_raises_comes_back_as_a_failure_record(tmp_path):
     cb = Explodes()
     payload = train_on_worker(run, "tiny", lambda r, s: [cb])
     assert isinstance(payload, RunPayload) and not payload.ok and payload.result is None
-    assert (payload.run_id, payload.error, payload.reason) == (run.run_id, "ValueError", "boom on two lines")
-    assert payload.message == "ValueError: boom on two lines"
-    assert cb.failed == [("ValueError: boom on two lines", "FAILED")]
+    assert (payload.run_id, payload.error) == (run.run_id, "ValueError")
+    assert payload.message == payload.reason == "ValueError: boom on two lines"
+    assert cb.failed == [("ValueError", "boom\n  on two lines")]  # recorded once, by the trainer
     diverged = train_on_worker(next(r for r in load(tmp_path).runs if r.method_label == "diverging"), "tiny")
     assert diverged.error == "DivergedError" and diverged.message.startswith("training diverged")
 

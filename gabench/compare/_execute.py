@@ -71,11 +71,11 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
 
 
 def one_line(exc: BaseException) -> str:
-    """``exc`` as one line: its message's first line, prefixed by its type unless it is a
-    divergence (whose message says what happened)."""
+    """``exc`` as one line (its message with line breaks folded, at most 500 characters),
+    prefixed by its type unless it is a divergence (whose message says what happened)."""
     from gabench.trainer import DivergedError
 
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = " ".join(str(exc).split())[:500]
     if isinstance(exc, DivergedError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
