@@ -14,6 +14,7 @@ from gabench.tasks._base import (
 )
 from gabench.tasks._book import BookBinary
 from gabench.tasks._digits import Digits
+from gabench.tasks._images import ImageFamily, MiniImageNet, Omniglot
 from gabench.tasks._linear import LinearBinary
 from gabench.tasks._outliers import OutlierTasks
 from gabench.tasks._sine import Sine
@@ -23,7 +24,7 @@ from gabench.tasks._sklearn import Blobs, Circles, Classification, Moons, Regres
 FAMILIES: dict[str, type[TaskFamily]] = {
     cls.name: cls
     for cls in (BookBinary, LinearBinary, Sine, Classification, Moons, Circles, Blobs,
-                Regression, Digits)
+                Regression, Digits, Omniglot, MiniImageNet)
 }
 
 
@@ -39,6 +40,7 @@ def make_family(name: str, params: dict[str, Any] | None = None) -> TaskFamily:
 
 __all__ = [
     "FAMILIES", "SPLITS", "BookBinary", "Blobs", "Circles", "Classification", "Digits",
-    "LinearBinary", "Moons", "OutlierTasks", "Regression", "Sine", "TaskBatch", "TaskFamily",
+    "ImageFamily", "LinearBinary", "MiniImageNet", "Moons", "Omniglot", "OutlierTasks", "Regression",
+    "Sine", "TaskBatch", "TaskFamily",
     "init_generator", "make_family", "task_rng",
 ]
