@@ -241,6 +241,12 @@ def load_dataset(dataset: str, root: str | Path | None = None, *,
     return data
 
 
+def clear_loaded() -> None:
+    """Forget the datasets mapped in this process (the next load lists the folder and maps the
+    cache entry again; used by tests, and by a long-lived process to release the mappings)."""
+    _LOADED.clear()
+
+
 def omniglot_split(characters: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
     """Assign Omniglot characters to meta-train, meta-val and meta-test.
 
