@@ -88,30 +88,28 @@ class ImageFamily(TaskFamily):
 
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
         pool = self._classes[split]
-        T, N, n = n_tasks, self.ways, self.shots + self.query_shots
+        T, N, K, Q = n_tasks, self.ways, self.shots, self.query_shots
         chosen = pool[_choose(rng, T, len(pool), N)]  # (T, N) global class ids
         stored, rot = np.divmod(chosen.reshape(-1), self.rotations)
-        picks = _choose(rng, T * N, self.data.counts[stored], n)  # (T*N, n)
-        imgs = self.data.images[(self.data.offsets[stored][:, None] + picks).reshape(-1)]
-        imgs = imgs.reshape(T * N, n, *imgs.shape[1:])
-        for r in range(1, self.rotations):
-            mask = rot == r
-            if mask.any():
-                imgs[mask] = np.rot90(imgs[mask], r, axes=(-2, -1))
-        x = imgs.astype(np.float32)
-        x *= 1.0 / 255.0
-        if self.invert:
-            np.subtract(1.0, x, out=x)
-        x = x.reshape(T, N, n, *x.shape[2:])
-        shape = x.shape[3:]
+        picks = _choose(rng, T * N, self.data.counts[stored], K + Q)  # (T*N, K+Q), distinct images
+        index = self.data.offsets[stored][:, None] + picks
         labels = np.arange(N)
-        return {
-            "support_x": x[:, :, : self.shots].reshape(T, N * self.shots, *shape),
-            "support_y": np.tile(np.repeat(labels, self.shots), (T, 1)),
-            "query_x": x[:, :, self.shots:].reshape(T, N * self.query_shots, *shape),
-            "query_y": np.tile(np.repeat(labels, self.query_shots), (T, 1)),
-            "classes": chosen,
-        }
+        out: dict[str, np.ndarray] = {"classes": chosen}
+        for part, cols, n in (("support", slice(0, K), K), ("query", slice(K, K + Q), Q)):
+            # gathered in task order: (T*N*n, C, H, W), the n images of a class one after another
+            u8 = self.data.images[index[:, cols].reshape(-1)]
+            rots = np.repeat(rot, n)
+            for r in range(1, self.rotations):
+                mask = rots == r
+                if mask.any():
+                    u8[mask] = np.rot90(u8[mask], r, axes=(-2, -1))
+            # to float32 in [0, 1] (Omniglot inverted: strokes 1), one vectorised pass (+1 to invert)
+            x = np.multiply(u8, np.float32(-1 / 255 if self.invert else 1 / 255), dtype=np.float32)
+            if self.invert:
+                x += np.float32(1.0)
+            out[f"{part}_x"] = x.reshape(T, N * n, *u8.shape[1:])
+            out[f"{part}_y"] = np.tile(np.repeat(labels, n), (T, 1))
+        return out
 
     def make_model(self, generator: torch.Generator) -> nn.Module:
         return Conv4(CHANNELS[self.dataset], SIDES[self.dataset], self.n_outputs, generator, self.filters)
