@@ -18,6 +18,8 @@ meta-iteration does not depend on the pixels.
    the largest entry; the run stops on a mismatch, before anything is timed).
 3. Each implementation is warmed up, then timed ``--repeats`` times, interleaved (the order
    rotates between rounds); one timing lasts about ``--seconds`` seconds, at least 2 iterations.
+   On a CPU the clock is the process's CPU time (one torch thread), which other processes on a
+   shared machine do not inflate; on CUDA, wall time.
 4. Medians of meta-iterations per second and their ratios are reported.
 
 Implementations (all from benchmarks/baselines.py but gabench's): ``gabench`` is
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import torch
 from baselines import Implementation, Learn2learn, Loop, Setting, load_learn2learn_maml
-from run import check_directions, peak_mib, time_rates
+from run import check_directions, peak_mib, sync
 
 from gabench.config import RunConfig
 from gabench.datasets import CACHE_ENV, write_synthetic_omniglot
@@ -54,6 +56,17 @@ ALPHA = 0.4
 WAYS, SHOTS, QUERY = 5, 1, 1
 POOL = 4  # distinct task batches, cycled
 TARGET = 3.0  # gabench / learn2learn on CPU (issue 13)
+NOTE_CPU = (
+    "Why the ratio stays near 1 on a CPU: a Conv-4 meta-iteration is bound by its convolution, "
+    "batch-norm and max-pool kernels, which do the same arithmetic whether the 32 tasks are "
+    "batched (gabench's vmap path) or looped over (learn2learn, the plain loop); a torch profile "
+    "of one gabench meta-iteration (T = 8) had over 85% of its CPU time in eleven such operators, "
+    "and the per-task Python and dispatch overhead that batching removes is a few percent of it. "
+    "The sine benchmark (reports/performance.md) is the opposite case: tiny kernels, where that "
+    "overhead is most of the time. On a GPU, where a Conv-4 task's kernels are too small to fill "
+    "the device, batching over tasks is expected to pay; run `python benchmarks/conv4.py "
+    "--device cuda` there."
+)
 
 
 class GabenchConv4(Implementation):
@@ -79,6 +92,36 @@ class GabenchConv4(Implementation):
 
     def step(self, batch: TaskBatch) -> None:
         self.trainer.train_step(batch)
+
+
+def time_rates(impls: list[Implementation], batches: list[TaskBatch], device: torch.device,
+               repeats: int, seconds: float) -> dict[str, list[float]]:
+    """Meta-iterations per second of each implementation, ``repeats`` interleaved timings.
+
+    On a CPU the clock is this process's CPU time (one torch thread): on a shared machine wall
+    time also counts the moments other processes hold the core, which moved wall-clock rates by
+    3x between rounds here. On CUDA it is wall time with synchronisation.
+    """
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    counts = {}
+    for impl in impls:  # warm-up, then calibrate the iterations of one timing
+        impl.step(batches[0])
+        sync(device)
+        t0 = clock()
+        impl.step(batches[1 % len(batches)])
+        sync(device)
+        counts[impl.name] = max(2, round(seconds / max(clock() - t0, 1e-9)))
+    rates: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    for r in range(repeats):
+        for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
+            n = counts[impl.name]
+            sync(device)
+            t0 = clock()
+            for i in range(n):
+                impl.step(batches[i % len(batches)])
+            sync(device)
+            rates[impl.name].append(n / (clock() - t0))
+    return rates
 
 
 def build(setting: Setting, root: Path, device: torch.device, l2l_maml: type | None) -> list[Implementation]:
@@ -146,8 +189,8 @@ def write_report(out: Path, args: argparse.Namespace, rows: list[dict], device: 
     lines = [
         "# Conv-4 benchmark: Omniglot 5-way 1-shot MAML, gabench vs learn2learn",
         "",
-        f"Written by `python benchmarks/conv4.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
-        + f" on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.",
+        f"Written by `{' '.join(['python benchmarks/conv4.py', *sys.argv[1:]])}` on "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.",
         "",
         f"Setting: second-order MAML, 5-way 1-shot, {QUERY} query image per class, one inner step of "
         f"alpha = {ALPHA}, meta-batch T = {args.meta_batch}, Adam beta = {BETA}; Conv-4 with 64 filters "
@@ -157,8 +200,10 @@ def write_report(out: Path, args: argparse.Namespace, rows: list[dict], device: 
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device `{device}`"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", torch {torch.__version__}, {args.threads} torch thread(s), {lib('learn2learn')}; load "
-        f"average {os.getloadavg()[0]:.1f} at the end (a shared machine: read the ratios, measured "
-        "interleaved in one process, not the absolute rates).",
+        f"average {os.getloadavg()[0]:.1f} at the end. Rates are meta-iterations per "
+        + ("second of wall time" if device.type == "cuda" else "CPU-second of this process (a shared "
+           "machine: wall time moved with the other processes' load; read the ratios, measured "
+           "interleaved in one process)") + ".",
         "",
         "| aggregator | " + " | ".join(f"{n} it/s" for n in names) + " | x loop | x learn2learn | "
         "max rel. meta-gradient difference vs gabench (loop / l2l) | peak MiB (gabench / loop / l2l) |",
@@ -186,6 +231,8 @@ def write_report(out: Path, args: argparse.Namespace, rows: list[dict], device: 
     per_it = 1 / mean_row["rates"]["gabench"]
     lines += ["", f"Sampling one batch of {args.meta_batch} tasks took {1e3 * mean_row['sample_s']:.1f} ms, "
               f"{100 * mean_row['sample_s'] / per_it:.2f}% of gabench's meta-iteration."]
+    if device.type == "cpu":
+        lines += ["", NOTE_CPU]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}", file=sys.stderr)
 
