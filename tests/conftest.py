@@ -56,3 +56,27 @@ def central_differences(p: torch.Tensor, objective, h: float = 1e-6) -> torch.Te
             p[idx] = old
         fd[idx] = (values[0] - values[1]) / (2 * h)
     return fd
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_datasets(tmp_path_factory):
+    """Small synthetic Omniglot and Mini-ImageNet folders in their exact layouts, found through
+    ``$GABENCH_DATA`` (cache in ``$GABENCH_CACHE``) for the whole session, so that the image
+    families build with their default parameters like every other family, and the shipped
+    study files load (20-way Omniglot needs 5 meta-val characters: 75 characters; 5-shot
+    Mini-ImageNet with 15 query images needs 20 images per class)."""
+    import os
+
+    from gabench.datasets import CACHE_ENV, DATA_ENV, write_synthetic_mini_imagenet, write_synthetic_omniglot
+
+    base = tmp_path_factory.mktemp("image-data")
+    write_synthetic_omniglot(base / "data" / "omniglot", characters=75, images=16)
+    write_synthetic_mini_imagenet(base / "data" / "mini-imagenet", classes=(8, 5, 5), images=20)
+    saved = {k: os.environ.get(k) for k in (DATA_ENV, CACHE_ENV)}
+    os.environ[DATA_ENV], os.environ[CACHE_ENV] = str(base / "data"), str(base / "cache")
+    yield base / "data"
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -140,3 +140,13 @@ def test_kill_9_of_compare_takes_its_workers_with_it(tmp_path):
     path.write_text(textwrap.dedent(short))
     assert main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--no-tracking",
                  "--redo-changed"]) == 0
+
+
+def test_device_override_applies_to_every_run_and_is_checked_first(tmp_path, capsys):
+    path = study_file(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking", "--device", "gpu0"]) == 2
+    assert "device='gpu0'" in capsys.readouterr().err and not out.exists()
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking", "--device", "cpu"]) == 0
+    configs = [json.loads(p.read_text())["config"]["device"] for p in out.glob("tiny/*/config.json")]
+    assert configs == ["cpu"] * 4

@@ -22,7 +22,7 @@ from gabench._errors import ConfigError
 from gabench.commands._parser import OneLineErrorParser
 
 #: The commands, in the order ``gabench --help`` lists them (module names in this package).
-COMMANDS: tuple[str, ...] = ("list", "run", "tune", "compare", "report", "textbook", "regression")
+COMMANDS: tuple[str, ...] = ("list", "run", "tune", "compare", "report", "textbook", "regression", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

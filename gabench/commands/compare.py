@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--redo-changed", action="store_true",
                    help="rerun finished runs whose configuration differs from the study file")
     p.add_argument("--plan", action="store_true", help="print the planned runs and exit")
+    p.add_argument("--device", default=None,
+                   help="run every planned run on this device (cpu, cuda, cuda:N), whatever the study "
+                        "file says; finished runs are not redone for a device change")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run on an existing Dask cluster (tcp://HOST:8786; needs pip install "
                         "gabench[dask]); results come back here; tracking needs a server "
@@ -39,6 +42,14 @@ def run(args: argparse.Namespace) -> int:
     from gabench.study import load_study
 
     study = load_study(args.study)
+    if args.device is not None:
+        import dataclasses
+
+        from gabench.config import resolve_device
+
+        resolve_device(args.device)  # unknown or unavailable: one line, before anything is written
+        study.runs = [dataclasses.replace(r, config=dataclasses.replace(r.config, device=args.device))
+                      for r in study.runs]
     workers = check_int("--workers", args.workers)
     if args.plan:
         for planned in study.runs:

@@ -13,6 +13,7 @@ from gabench.tasks._base import (
     task_rng,
 )
 from gabench.tasks._digits import Digits
+from gabench.tasks._images import ImageFamily, MiniImageNet, Omniglot
 from gabench.tasks._linear import LinearBinary
 from gabench.tasks._outliers import OutlierTasks
 from gabench.tasks._sine import Sine
@@ -23,7 +24,7 @@ from gabench.tasks._textbook import TextbookBinary
 FAMILIES: dict[str, type[TaskFamily]] = {
     cls.name: cls
     for cls in (TextbookBinary, LinearBinary, Sine, Classification, Moons, Circles, Blobs,
-                Regression, Digits)
+                Regression, Digits, Omniglot, MiniImageNet)
 }
 
 
@@ -38,7 +39,8 @@ def make_family(name: str, params: dict[str, Any] | None = None) -> TaskFamily:
 
 
 __all__ = [
-    "FAMILIES", "SPLITS", "Blobs", "Circles", "Classification", "Digits", "LinearBinary", "Moons",
-    "OutlierTasks", "Regression", "Sine", "TaskBatch", "TaskFamily", "TextbookBinary",
+    "FAMILIES", "SPLITS", "Blobs", "Circles", "Classification", "Digits", "ImageFamily",
+    "LinearBinary", "MiniImageNet", "Moons", "Omniglot", "OutlierTasks", "Regression", "Sine",
+    "TaskBatch", "TaskFamily", "TextbookBinary",
     "init_generator", "make_family", "task_rng",
 ]
