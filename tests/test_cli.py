@@ -138,12 +138,13 @@ def test_every_run_setting_is_one_cli_option_and_one_study_key():
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     assert cfg == RunConfig(family_params={"noise": "0.3", "shots": 2}, **changed)
-    flag_only = {"family_params", "first_order"}
+    flag_only = {"family_params", "aggregator_params", "first_order"}  # -P/--shots, -A, a switch
     assert set(changed) | flag_only == set(RUN_SETTINGS)
     assert build_parser().parse_args(["run", "--first-order"]).first_order is True
     structural = {"family", "family_params", "seed"}
-    assert set(RUN_KEYS) == set(RUN_SETTINGS) - structural - {"algorithm", "aggregator", "first_order"}
-    assert set(METHOD_KEYS) == {"algorithm", "aggregator", "first_order"}
+    method_only = {"algorithm", "aggregator", "aggregator_params", "first_order"}
+    assert set(RUN_KEYS) == set(RUN_SETTINGS) - structural - method_only
+    assert set(METHOD_KEYS) == method_only
 
 
 def test_run_config_validate_checks_every_declared_bound():

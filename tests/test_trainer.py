@@ -66,10 +66,13 @@ def test_result_tables():
               "w_mean_corrupted", "w_mean_clean"):
         assert sorted(train[train.metric == m].step) == list(range(1, 7)), m
     assert sorted(res[res.split == "val"].step.unique()) == [0, 3, 6]
-    test = res[res.split == "test"].set_index("metric")
+    test = res[(res["split"] == "test") & (res["select"] == "final")].set_index("metric")
     assert set(test.index) == {"loss_pre", "loss_post", "acc_pre", "acc_post"}
     assert (test.n == 10).all() and (test.ci_low <= test.value).all()
-    assert [s for s in seen if s[1] == "test"] == [(6, "test", sorted(test.index))]
+    best = res[(res["split"] == "test") & (res["select"] == "best_val")]
+    assert set(best["metric"]) == set(test.index) and best["step"].nunique() == 1
+    assert [s for s in seen if s[1].startswith("test")] == [
+        (6, "test", sorted(test.index)), (int(best["step"].iloc[0]), "test_best_val", sorted(test.index))]
     # weights: T per step, 2 of 4 tasks corrupted in every batch, L1 norm 1 (ga)
     w = r.weights
     assert len(w) == 6 * 4
