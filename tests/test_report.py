@@ -93,7 +93,8 @@ def fake_study(root: Path, *, seeds: int = 4, families: tuple[str, ...] = ("line
         res["select"] = res["select"].fillna("final")
     else:
         res = res.drop(columns="select", errors="ignore")
-    res = res[[*RESULT_COLUMNS, *(["select"] if select else [])]]
+    res = res[[c for c in RESULT_COLUMNS if select or c != "select"]]  # select=False: a table from
+    # before the column existed
     root.mkdir(parents=True, exist_ok=True)
     res.to_parquet(root / "results.parquet", index=False)
     pd.concat(weights, ignore_index=True).to_parquet(root / "weights.parquet", index=False)
@@ -333,7 +334,9 @@ def test_report_of_a_tiny_study(tiny_runs):
     assert len(re.findall(r"-?\d+\.\d+ \[-?\d+\.\d+, -?\d+\.\d+\]", table)) == 2 * 2  # mean [CI] cells
     assert "Too few seeds" in text
     comp = pd.read_csv(out / "comparisons.csv")
-    assert list(comp.columns) == COMPARISON_COLUMNS and len(comp) == 2 * 4  # 2 cells x 4 metrics
+    # 2 cells x 4 metrics x 2 selections (the runs meta-validate, so best_val rows exist)
+    assert list(comp.columns) == COMPARISON_COLUMNS and len(comp) == 2 * 4 * 2
+    assert set(comp["select"]) == {"final", "best_val"}
     assert ((comp["verdict"] == "unresolved") == ~(comp["p_holm"] < 0.05)).all()
     outliers = text.split("## Outlier tasks")[1].split("\n## ")[0]
     assert "| corrupted tasks per meta-training batch | 2 of 4 |" in outliers  # round(0.5 * 4)
