@@ -8,18 +8,29 @@ from pathlib import Path
 
 from gabench.commands._parser import add_command
 
+#: Where reports go by default: beside the runs, ignored by git, so that the demo leaves a clean
+#: checkout (the committed reports/ are refreshed on purpose with ``--reports-root reports``).
+DEFAULT_REPORTS_ROOT = "runs/reports"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "report", run, help="write reports/<study>/README.md from a study's result tables",
+    p = add_command(sub, "report", run, help="write a report (README.md, comparisons.csv, data/, figures) "
+                    "from a study's result tables",
                     description="Read a study's result tables (never MLflow) and write "
-                    "REPORTS_ROOT/<study>/README.md with PNG figures: meta-test tables with "
-                    "bootstrap CIs over seeds, paired GA-minus-baseline differences, learning "
-                    "curves, weight diagnostics and wall-clock.")
+                    "REPORTS_ROOT/<study>/: README.md with meta-test tables (Student-t intervals over "
+                    "seeds), paired method-minus-baseline tests with Holm correction, aggregates across "
+                    "families, convergence checks and weight diagnostics; comparisons.csv; data/ (the "
+                    "per-seed summaries, from which `gabench report REPORTS_ROOT/<study>/data` "
+                    "regenerates the report); PNG figures.")
     p.add_argument("source", help="study name (quick), study file (studies/quick.toml) or a directory "
                    "of results (runs/quick, or a directory of gabench run outputs)")
     p.add_argument("--runs-root", default="runs", help="where study names are looked up (default runs)")
-    p.add_argument("--reports-root", default="reports", help="parent of the report directory (reports)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (0)")
+    p.add_argument("--reports-root", default=DEFAULT_REPORTS_ROOT,
+                   help=f"parent of the report directory (default {DEFAULT_REPORTS_ROOT}, beside the runs "
+                        "and ignored by git; the committed reports are refreshed on purpose with "
+                        "--reports-root reports)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling of the "
+                   "aggregates (0)")
     return p
 
 
@@ -27,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     parts = ["gabench", "report", str(args.source)]
     if args.runs_root != "runs":
         parts += ["--runs-root", str(args.runs_root)]
-    if args.reports_root != "reports":
+    if args.reports_root != DEFAULT_REPORTS_ROOT:
         parts += ["--reports-root", str(args.reports_root)]
     if args.seed != 0:
         parts += ["--seed", str(args.seed)]
@@ -37,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_study(source: str | Path, runs_root: str | Path = "runs", reports_root: str | Path = "reports",
+def report_study(source: str | Path, runs_root: str | Path = "runs",
+                 reports_root: str | Path = DEFAULT_REPORTS_ROOT,
                  seed: int = 0, command: str | None = None) -> Path:
     """Load a study's tables and write ``<reports_root>/<study>/README.md``; returns its path.
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gabench.commands._parser import add_command
+from gabench.commands.report import DEFAULT_REPORTS_ROOT
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=200, help="seeds of the textbook replica (200)")
     p.add_argument("--workers", type=int, default=1, help="processes for the gabench runs (1)")
     p.add_argument("--out-root", default="runs", help="parent of the study directory (runs)")
-    p.add_argument("--reports-root", default="reports", help="parent of the report directory (reports)")
+    p.add_argument("--reports-root", default=DEFAULT_REPORTS_ROOT,
+                   help=f"parent of the report directory (default {DEFAULT_REPORTS_ROOT}; "
+                        "--reports-root reports refreshes the committed one)")
     p.add_argument("--redo-changed", action="store_true",
                    help="rerun finished runs whose configuration differs from the study file")
     return p
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     cmd = "gabench report " + study.name
     if args.out_root != "runs":
         cmd += f" --runs-root {args.out_root}"
-    if args.reports_root != "reports":
+    if args.reports_root != DEFAULT_REPORTS_ROOT:
         cmd += f" --reports-root {args.reports_root}"
     path = report_study(study.name, args.out_root, args.reports_root, command=cmd)
     print(f"report written to {path}")

@@ -42,7 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="also tune the meta-batch size (log scale)")
     g.add_argument("--objective", default="loss",
                    help="loss (minimise val query loss) or acc (maximise val accuracy)")
-    g.add_argument("--sampler-seed", type=int, default=0)
+    g.add_argument("--sampler-seed", type=int, default=0,
+                   help="seed of the TPE sampler; trial k samples from (seed, k), so resumes and other "
+                        "workers never replay a finished point (0)")
+    g.add_argument("--prune-warmup", type=int, default=2, metavar="N",
+                   help="validations after the one at step 0 that every trial completes before the "
+                        "median pruner may stop it (2)")
     g.add_argument("--out", default="tuning", help="where each study's trials.csv, best.json "
                    "and plots go (tuning/<study>/)")
     add_tracking_options(p, "gabench-tuning", "MLflow experiment name (default gabench-tuning)")
@@ -72,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             beta_range=tuple(args.beta_range),
             inner_steps_range=tuple(args.tune_inner_steps) if args.tune_inner_steps else None,
             meta_batch_range=tuple(args.tune_meta_batch) if args.tune_meta_batch else None,
-            objective=args.objective, sampler_seed=args.sampler_seed, tracking_uri=tracking_uri,
+            objective=args.objective, sampler_seed=args.sampler_seed, prune_warmup=args.prune_warmup,
+            tracking_uri=tracking_uri,
             experiment=args.experiment, out=Path(args.out) / name,
         ).validate())
     if len(tcs) > 1:
