@@ -9,6 +9,7 @@ from gabench.tasks._base import (
     SPLITS,
     TaskBatch,
     TaskFamily,
+    TaskStream,
     init_generator,
     task_rng,
 )
@@ -40,5 +41,5 @@ def make_family(name: str, params: dict[str, Any] | None = None) -> TaskFamily:
 __all__ = [
     "FAMILIES", "SPLITS", "BookBinary", "Blobs", "Circles", "Classification", "Digits",
     "LinearBinary", "Moons", "OutlierTasks", "Regression", "Sine", "TaskBatch", "TaskFamily",
-    "init_generator", "make_family", "task_rng",
+    "TaskStream", "init_generator", "make_family", "task_rng",
 ]
