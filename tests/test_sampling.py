@@ -286,3 +286,26 @@ def test_labels_are_assigned_at_random():
         b = fam.sample(2000, "train", task_rng(0, fam.name, "train"))
         first = b.support_y[:, 0].numpy()  # label of generator class 0
         assert stats.chisquare(np.bincount(first, minlength=4)).pvalue > P_MIN
+
+
+@pytest.mark.parametrize("fam", [Classification(), Classification(ways=3, dim=3, noise=0.3),
+                                 Blobs(), Blobs(ways=3, dim=4, rotate=False), Moons()],
+                         ids=repr)
+def test_folded_transform_is_the_draw_then_the_transform(fam):
+    """Families that fold the per-task map into the generator give the same numbers."""
+    m, b = fam._affine(50, np.random.default_rng(0))
+    folded = fam._draw_affine(50, 9, m, b, np.random.default_rng(1))
+    plain = fam._draw(50, 9, np.random.default_rng(1)) @ m[:, None] + b[:, None]
+    np.testing.assert_allclose(folded, plain, rtol=1e-9, atol=1e-9)
+
+
+def test_affine_map_is_rotation_scale_shift():
+    fam = Moons(scale_spread=2.0, shift_std=0.5)
+    m, b = fam._affine(4000, np.random.default_rng(0))
+    scale = np.sqrt((m[:, 0] ** 2).sum(-1))  # rows of a scaled orthogonal matrix
+    np.testing.assert_allclose(m @ m.transpose(0, 2, 1), scale[:, None, None] ** 2 * np.eye(2),
+                               atol=1e-12)
+    assert stats.kstest(np.log(scale), stats.uniform(-np.log(2), 2 * np.log(2)).cdf).pvalue > P_MIN
+    assert stats.kstest(b.ravel() / 0.5, stats.norm.cdf).pvalue > P_MIN
+    unrotated = Moons(rotate=False)._affine(10, np.random.default_rng(0))[0]
+    assert (unrotated[:, 0, 1] == 0).all() and (unrotated[:, 0, 0] == unrotated[:, 1, 1]).all()

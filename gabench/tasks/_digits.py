@@ -137,12 +137,12 @@ class Digits(TaskFamily):
         digit, rot = np.divmod(classes, 4)
         pick = sample_without_replacement(self._digit_counts[digit.reshape(-1)], n, rng)
         index = self._digit_images[digit.reshape(-1, 1), pick].reshape(n_tasks, ways, n)
-        x = _rotated_images()[rot[..., None], index]  # (n_tasks, ways, n, 64)
+        bank, rot = _rotated_images(), rot[..., None]
         labels = np.arange(ways)
-        return {
-            "support_x": x[:, :, : self.shots].reshape(n_tasks, -1, 64),
+        return {  # images gathered straight into (n_tasks, ways * shots, 64), no copy after
+            "support_x": bank[rot, index[..., : self.shots]].reshape(n_tasks, -1, 64),
             "support_y": np.tile(np.repeat(labels, self.shots), (n_tasks, 1)),
-            "query_x": x[:, :, self.shots:].reshape(n_tasks, -1, 64),
+            "query_x": bank[rot, index[..., self.shots:]].reshape(n_tasks, -1, 64),
             "query_y": np.tile(np.repeat(labels, self.query_shots), (n_tasks, 1)),
             "classes": classes,
         }

@@ -93,18 +93,28 @@ class SklearnFamily(TaskFamily):
             Regression: an array of shape (n_tasks, n_per_class, dim + 1), the target last.
         """
 
-    def _transform(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Each task's inputs rotated, scaled and shifted.
+    def _affine(self, n_tasks: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Each task's input transformation ``x -> x @ m + b``: a Haar rotation (when
+        ``rotate``) times the log-uniform scale, then the Gaussian shift.
 
-        Args:
-            x: Array of shape (n_tasks, n, dim).
+        Returns:
+            ``m`` of shape (n_tasks, dim, dim) and ``b`` of shape (n_tasks, 1, dim).
         """
-        n_tasks, _, dim = x.shape
-        if self.rotate:
-            x = x @ random_rotations(n_tasks, dim, rng)
         log_s = np.log(self.scale_spread)
-        x = x * np.exp(rng.uniform(-log_s, log_s, size=(n_tasks, 1, 1)))
-        return x + self.shift_std * rng.standard_normal((n_tasks, 1, dim))
+        scale = np.exp(rng.uniform(-log_s, log_s, size=(n_tasks, 1, 1)))
+        m = random_rotations(n_tasks, self.dim, rng) if self.rotate else np.eye(self.dim)
+        b = self.shift_std * rng.standard_normal((n_tasks, 1, self.dim))
+        return m * scale, b
+
+    def _draw_affine(self, n_tasks: int, n_per_class: int, m: np.ndarray, b: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+        """:meth:`_draw` with each task's inputs mapped by ``x @ m + b`` (see :meth:`_affine`).
+
+        Subclasses may fold the map into the generator (same draws, same numbers up to
+        rounding, fewer passes over the data).
+        """
+        x = self._draw(n_tasks, n_per_class, rng)
+        return x @ m[:, None] + b[:, None]
 
     def make_model(self, generator: torch.Generator) -> nn.Module:
         return MLP(self.dim, (self.hidden, self.hidden), self.n_outputs, generator)
@@ -117,8 +127,8 @@ class _ClassificationFamily(SklearnFamily):
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
         gen = np.random.default_rng(split_seed(rng, split))
         per_class, k = self.shots + self.query_shots, self.shots
-        x = self._draw(n_tasks, per_class, gen)
-        x = self._transform(x.reshape(n_tasks, -1, self.dim), gen).reshape(x.shape)
+        m, b = self._affine(n_tasks, gen)
+        x = self._draw_affine(n_tasks, per_class, m, b, gen).astype(np.float32)
         labels = random_order((n_tasks, self.ways), gen)  # label of generator class c: labels[:, c]
         return {
             "support_x": x[:, :, :k].reshape(n_tasks, -1, self.dim),
@@ -153,14 +163,31 @@ class Classification(_ClassificationFamily):
         self.class_sep = check_positive("class_sep", class_sep)
 
     def _draw(self, n_tasks: int, n_per_class: int, rng: np.random.Generator) -> np.ndarray:
-        sep, dim = self.class_sep, self.dim
-        centroids = hypercube_vertices(n_tasks, self.ways, dim, rng) * (2 * sep) - sep
-        z = rng.standard_normal((n_tasks, self.ways, n_per_class, dim))
-        a = 2 * rng.uniform(size=(n_tasks, self.ways, dim, dim)) - 1
+        z, a, centroids = self._cluster_draws(n_tasks, n_per_class, rng)
         x = z @ a + centroids[:, :, None, :]
         if self.noise:
             x = x + self.noise * rng.standard_normal(x.shape)
         return x
+
+    def _draw_affine(self, n_tasks: int, n_per_class: int, m: np.ndarray, b: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+        # (z a + c) m + b = z (a m) + (c m + b): one pass over the points instead of three
+        z, a, centroids = self._cluster_draws(n_tasks, n_per_class, rng)
+        m = m[:, None]
+        x = z @ (a @ m) + (centroids[:, :, None, :] @ m + b[:, None])
+        if self.noise:
+            x = x + (self.noise * rng.standard_normal(x.shape)) @ m
+        return x
+
+    def _cluster_draws(self, n_tasks: int, n_per_class: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Standard normal points (n_tasks, ways, n, dim), covariance factors (n_tasks, ways,
+        dim, dim) and centroids (n_tasks, ways, dim)."""
+        sep, dim = self.class_sep, self.dim
+        centroids = hypercube_vertices(n_tasks, self.ways, dim, rng) * (2 * sep) - sep
+        z = rng.standard_normal((n_tasks, self.ways, n_per_class, dim))
+        a = 2 * rng.uniform(size=(n_tasks, self.ways, dim, dim)) - 1
+        return z, a, centroids
 
 
 def hypercube_vertices(n_tasks: int, n_vertices: int, dim: int,
@@ -268,10 +295,21 @@ class Blobs(_ClassificationFamily):
         self.cluster_std = check_positive("cluster_std", cluster_std)
 
     def _draw(self, n_tasks: int, n_per_class: int, rng: np.random.Generator) -> np.ndarray:
+        centres, z = self._blob_draws(n_tasks, n_per_class, rng)
+        return (centres + self.cluster_std * z) / 5.0
+
+    def _draw_affine(self, n_tasks: int, n_per_class: int, m: np.ndarray, b: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+        # ((c + s z) / 5) m + b = z (s m / 5) + (c m / 5 + b): one pass over the points
+        centres, z = self._blob_draws(n_tasks, n_per_class, rng)
+        m = m[:, None] / 5.0
+        return z @ (self.cluster_std * m) + (centres @ m + b[:, None])
+
+    def _blob_draws(self, n_tasks: int, n_per_class: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Centres (n_tasks, ways, 1, dim) and standard normal points (n_tasks, ways, n, dim)."""
         centres = rng.uniform(-5.0, 5.0, size=(n_tasks, self.ways, 1, self.dim))
-        x = centres + self.cluster_std * rng.standard_normal((n_tasks, self.ways, n_per_class,
-                                                               self.dim))
-        return x / 5.0
+        return centres, rng.standard_normal((n_tasks, self.ways, n_per_class, self.dim))
 
 
 class Regression(SklearnFamily):
@@ -303,8 +341,9 @@ class Regression(SklearnFamily):
 
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
         gen = np.random.default_rng(split_seed(rng, split))
+        m, b = self._affine(n_tasks, gen)
         data = self._draw(n_tasks, self.shots + self.query_shots, gen)
-        x = self._transform(data[..., :-1], gen)
+        x = data[..., :-1] @ m + b
         y = gen.uniform(0.5, 1.5, size=(n_tasks, 1)) * data[..., -1] \
             + 0.5 * gen.standard_normal((n_tasks, 1))
         k = self.shots
