@@ -128,7 +128,7 @@ class _ClassificationFamily(SklearnFamily):
         gen = np.random.default_rng(split_seed(rng, split))
         per_class, k = self.shots + self.query_shots, self.shots
         m, b = self._affine(n_tasks, gen)
-        x = self._draw_affine(n_tasks, per_class, m, b, gen).astype(np.float32)
+        x = self._draw_affine(n_tasks, per_class, m, b, gen).astype(np.float32, copy=False)
         labels = random_order((n_tasks, self.ways), gen)  # label of generator class c: labels[:, c]
         return {
             "support_x": x[:, :, :k].reshape(n_tasks, -1, self.dim),
@@ -166,26 +166,28 @@ class Classification(_ClassificationFamily):
         z, a, centroids = self._cluster_draws(n_tasks, n_per_class, rng)
         x = z @ a + centroids[:, :, None, :]
         if self.noise:
-            x = x + self.noise * rng.standard_normal(x.shape)
+            x = x + self.noise * rng.standard_normal(x.shape, dtype=np.float32)
         return x
 
     def _draw_affine(self, n_tasks: int, n_per_class: int, m: np.ndarray, b: np.ndarray,
                      rng: np.random.Generator) -> np.ndarray:
-        # (z a + c) m + b = z (a m) + (c m + b): one pass over the points instead of three
+        # (z a + c) m + b = z (a m) + (c m + b): one pass over the points instead of three,
+        # in float32 (the inputs' dtype) from the float32 normals on
         z, a, centroids = self._cluster_draws(n_tasks, n_per_class, rng)
         m = m[:, None]
-        x = z @ (a @ m) + (centroids[:, :, None, :] @ m + b[:, None])
+        x = z @ (a @ m).astype(np.float32)
+        x += (centroids[:, :, None, :] @ m + b[:, None]).astype(np.float32)
         if self.noise:
-            x = x + (self.noise * rng.standard_normal(x.shape)) @ m
+            x += (self.noise * rng.standard_normal(x.shape, dtype=np.float32)) @ m.astype(np.float32)
         return x
 
     def _cluster_draws(self, n_tasks: int, n_per_class: int,
                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Standard normal points (n_tasks, ways, n, dim), covariance factors (n_tasks, ways,
-        dim, dim) and centroids (n_tasks, ways, dim)."""
+        """Standard normal points (n_tasks, ways, n, dim) in float32, covariance factors
+        (n_tasks, ways, dim, dim) and centroids (n_tasks, ways, dim)."""
         sep, dim = self.class_sep, self.dim
         centroids = hypercube_vertices(n_tasks, self.ways, dim, rng) * (2 * sep) - sep
-        z = rng.standard_normal((n_tasks, self.ways, n_per_class, dim))
+        z = rng.standard_normal((n_tasks, self.ways, n_per_class, dim), dtype=np.float32)
         a = 2 * rng.uniform(size=(n_tasks, self.ways, dim, dim)) - 1
         return z, a, centroids
 
