@@ -323,3 +323,18 @@ def test_linear_binary_inputs_and_label_noise():
     clean = (x @ fam._w > 0).astype(np.int64)
     flipped = (clean != b.support_y.numpy().reshape(-1)).mean()
     assert abs(flipped - 0.1) < 3 * np.sqrt(0.1 * 0.9 / clean.size)
+
+
+def test_a_pickled_stream_goes_on_with_the_same_tasks():
+    import copy
+    import pickle
+
+    fam, rng = make_family("moons"), task_rng(0, "moons", "train")
+    fam.sample(30, "train", rng)  # part of a chunk is pending
+    fam2, rng2 = pickle.loads(pickle.dumps((fam, rng)))
+    fam3, rng3 = copy.deepcopy((fam, rng))
+    assert isinstance(rng2, TaskStream)
+    want = fam.sample(600, "train", rng).query_x
+    assert torch.equal(fam2.sample(600, "train", rng2).query_x, want)
+    assert torch.equal(fam3.sample(600, "train", rng3).query_x, want)
+    assert rng2.spawn(1)[0].random() == task_rng(0, "moons", "train").spawn(1)[0].random()

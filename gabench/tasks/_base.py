@@ -57,6 +57,18 @@ class TaskStream(np.random.Generator):
             self._pending[key] = (chunk, pos)
         return parts[0] if len(parts) == 1 else TaskBatch.concat(parts)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A plain Generator's pickle would drop the class and the pending tasks, and so change
+        # the rest of the stream; pickled together with its families, a stream goes on as before.
+        return (_restore_stream, (self.bit_generator, self._pending))
+
+
+def _restore_stream(bit_generator: np.random.BitGenerator,
+                    pending: dict[tuple[TaskFamily, str], tuple[TaskBatch, int]]) -> TaskStream:
+    stream = TaskStream(bit_generator)
+    stream._pending = pending
+    return stream
+
 
 def task_rng(seed: int, family: str, split: str) -> TaskStream:
     """The task stream of ``(seed, family, split)``.
