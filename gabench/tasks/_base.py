@@ -106,8 +106,8 @@ def split_seed(rng: np.random.Generator, split: str) -> int:
 
     The 64-bit seed space is cut into one block of :data:`SEED_BLOCK` seeds per split, so a
     chunk of meta-train tasks and one of meta-test tasks are never drawn from the same seed,
-    however many chunks are drawn. (The 32-bit ``random_state`` blocks reserved for the
-    scikit-learn generators' seeds the same way before the generators were vectorised.)
+    however many chunks are drawn. (Before the scikit-learn generators were vectorised, their
+    32-bit ``random_state`` values were reserved per split the same way.)
     """
     return SPLIT_INDEX[split] * SEED_BLOCK + int(rng.integers(SEED_BLOCK))
 
