@@ -82,7 +82,7 @@ class Gabench(Implementation):
 
     def __init__(self, setting: Setting, device: str, beta: float, seed: int, fast_path: bool):
         self.name = "gabench" if fast_path else "gabench-vmap"
-        self.trainer = Trainer.from_config(setting.config(device, beta, seed), progress=False,
+        self.trainer = Trainer(setting.config(device, beta, seed), progress=False,
                                            fast_path=fast_path)
         if fast_path and self.trainer.learner.fast is None:
             raise RuntimeError("the fast path does not apply to the sine MLP")

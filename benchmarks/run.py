@@ -235,7 +235,7 @@ def end_to_end(args: argparse.Namespace) -> list[tuple[int, float, float]]:
                 steps = 300 if fast else 100
                 cfg = Setting("maml", False, T, 1, "mean").config(args.device, BETA, SEED)
                 cfg.steps = steps
-                result = Trainer.from_config(cfg, progress=False, fast_path=fast,
+                result = Trainer(cfg, progress=False, fast_path=fast,
                                              num_threads=args.threads).fit()
                 rates[fast].append(steps / result.wall_seconds)
         out.append((T, statistics.median(rates[True]), statistics.median(rates[False])))

@@ -43,7 +43,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 PAPER = HERE.parent.parent / "studies" / "paper.toml"
 FAMILY_ORDER = ("moons", "blobs", "regression", "circles", "classification", "digits",
-                "linear-binary", "book-binary", "sine")
+                "linear-binary", "textbook-binary", "sine")
+#: Former registry names, tried when a measured checkout does not know a family's name.
+FORMER_NAMES = {"textbook-binary": "book-binary"}
 METHOD_KEYS = ("algorithm", "aggregator", "first_order", "inner_steps")
 
 
@@ -53,7 +55,7 @@ def _measure(families: list[str], blocks: int, paper: bool) -> dict[str, dict[st
     import torch
 
     from gabench.config import RunConfig
-    from gabench.tasks import task_rng
+    from gabench.tasks import FAMILIES, task_rng
     from gabench.trainer import Trainer
 
     torch.set_num_threads(1)
@@ -61,7 +63,8 @@ def _measure(families: list[str], blocks: int, paper: bool) -> dict[str, dict[st
     methods = {name: {k: v for k, v in m.items() if k in METHOD_KEYS}
                for name, m in study["methods"].items()}
     out: dict[str, dict[str, object]] = {}
-    for family in families:
+    for shown in families:
+        family = shown if shown in FAMILIES else FORMER_NAMES.get(shown, shown)
         trainer = Trainer.from_config(RunConfig(family=family), progress=False)
         fam, T = trainer.family, trainer.meta_batch
         per_block = max(20, math.ceil(getattr(fam, "chunk_tasks", 0) / T))
@@ -100,8 +103,8 @@ def _measure(families: list[str], blocks: int, paper: bool) -> dict[str, dict[st
                         times.append(1e3 * (time.process_time() - t0))
                 method_ms[name] = statistics.median(times)
             row["method_step_ms"] = method_ms
-        out[family] = row
-        print(f"  {family}: sample {row['sample_ms']:.3f} ms, step {row['step_ms']:.3f} ms",
+        out[shown] = row
+        print(f"  {shown}: sample {row['sample_ms']:.3f} ms, step {row['step_ms']:.3f} ms",
               file=sys.stderr)
     return out
 

@@ -35,11 +35,11 @@ def main() -> None:
         plain, tracked, inside = [], [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            Trainer.from_config(config, progress=False).fit()
+            Trainer(config, progress=False).fit()
             plain.append(time.perf_counter() - t0)
             tracker = MLflowTracker(uri, "overhead")
             t0 = time.perf_counter()
-            Trainer.from_config(config, [tracker], progress=False).fit()
+            Trainer(config, [tracker], progress=False).fit()
             tracked.append(time.perf_counter() - t0)
             inside.append(tracker.seconds)
     mp, mt, mi = (statistics.median(v) for v in (plain, tracked, inside))

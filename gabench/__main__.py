@@ -1,5 +1,7 @@
+"""``python -m gabench``: the same as the ``gabench`` command."""
+
 import sys
 
-from gabench.cli import main
+from gabench.commands import main
 
 sys.exit(main())

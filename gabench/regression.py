@@ -1,22 +1,20 @@
 """Numerical regression check: rerun a small fixed-seed study and compare it with stored baselines.
 
-``python -m gabench.regression`` (or ``gabench regression``; ``tox -e regression``) runs
+``gabench regression`` (``tox -e regression``; the command is :mod:`gabench.commands.regression`) runs
 ``tests/regression/study.toml`` into a temporary directory, extracts the metrics listed below
 and compares each with ``tests/regression/baselines.csv`` within that row's tolerance:
 ``|got - expected| <= atol + rtol * |expected|``. Any drift, missing or new metric fails with a
 table naming the run, metric, expected and obtained values and the tolerance.
 
-``python -m gabench.regression --update`` rewrites the baselines from a fresh run (on purpose:
+``gabench regression --update`` rewrites the baselines from a fresh run (on purpose:
 commit the new file with a note on why the numbers changed). Tolerances of existing rows are
 kept; new rows get the defaults.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,6 @@ import pandas as pd
 
 from gabench._errors import ConfigError
 
-DEFAULT_STUDY = Path("tests/regression/study.toml")
-DEFAULT_BASELINES = Path("tests/regression/baselines.csv")
 #: Default tolerances of new rows. Reordering float32 sums (e.g. 2 torch threads instead of 1)
 #: moved these metrics by at most 6e-8 (relative) when measured; a changed algorithm, seed stream
 #: or formula moves them by far more than 1e-4.
@@ -98,7 +94,7 @@ def format_failures(bad: pd.DataFrame, n_total: int, baselines_file: Path) -> st
         lines.append(f"{r.run:34s} {r.split:5s} {r.metric:28s} {r.step:5d} {_num(r.expected):>13s} "
                      f"{_num(r.got):>13s} {_num(r.diff, 2):>9s} {_num(r.tolerance, 2):>9s}  {r.problem}")
     lines.append("tolerance = atol + rtol * |expected| (columns of the baselines file). If the change is "
-                 "intended, refresh the baselines: python -m gabench.regression --update")
+                 "intended, refresh the baselines: gabench regression --update")
     return "\n".join(lines)
 
 
@@ -121,8 +117,7 @@ def update_baselines(got: pd.DataFrame, baselines_file: Path) -> pd.DataFrame:
     return new
 
 
-def check(study_file: Path = DEFAULT_STUDY, baselines_file: Path = DEFAULT_BASELINES, update: bool = False,
-          out_root: Path | None = None) -> int:
+def check(study_file: Path, baselines_file: Path, update: bool = False, out_root: Path | None = None) -> int:
     """Run the check (or the refresh); returns the exit status."""
     if not study_file.is_file():
         raise ConfigError("--study", str(study_file), "an existing study file (run from the repository root)")
@@ -142,36 +137,3 @@ def check(study_file: Path = DEFAULT_STUDY, baselines_file: Path = DEFAULT_BASEL
         return 1
     print(f"regression: all {len(baselines)} metrics match {baselines_file} within tolerance")
     return 0
-
-
-def add_regression_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register ``gabench regression`` on the CLI's subparsers."""
-    p = sub.add_parser("regression", help="rerun the fixed-seed regression study and compare to baselines",
-                       description="Rerun the fixed-seed study tests/regression/study.toml and compare "
-                       "its metrics with tests/regression/baselines.csv, each within its tolerance "
-                       "|got - expected| <= atol + rtol * |expected|; exit 1 with a table of the "
-                       "differences. --update rewrites the baselines on purpose.")
-    _options(p)
-    p.set_defaults(func=cmd_regression)
-    return p
-
-
-def _options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", type=Path, default=DEFAULT_STUDY, help=f"the study ({DEFAULT_STUDY})")
-    p.add_argument("--baselines", type=Path, default=DEFAULT_BASELINES, help=f"({DEFAULT_BASELINES})")
-    p.add_argument("--update", action="store_true", help="rewrite the baselines from a fresh run")
-    p.add_argument("--out-root", type=Path, default=None, help="keep the runs here (default: a temp dir)")
-
-
-def cmd_regression(args: argparse.Namespace) -> int:
-    return check(args.study, args.baselines, args.update, args.out_root)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from gabench.cli import main as cli_main
-
-    return cli_main(["regression", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -40,12 +40,10 @@ Precedence, lowest first: ``[defaults]``, the family's settings, the method's, t
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import re
 import tomllib
-import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -53,20 +51,17 @@ from pathlib import Path
 from typing import Any
 
 from gabench._errors import ConfigError
-from gabench.config import RunConfig
-from gabench.tasks import FAMILIES
+from gabench.config import MAX_SEED, RUN_SETTINGS, RunConfig, registry_names
 
-#: RunConfig fields a study sets through its own structure, never as a plain key.
-_STRUCTURAL = ("family", "family_params", "seed")
-#: RunConfig fields that only a method may set.
-_METHOD_ONLY = ("algorithm", "aggregator", "first_order")
-_HINTS = typing.get_type_hints(RunConfig)
-#: Run settings that ``[defaults]``, families, methods and ``[settings]`` may set.
-RUN_KEYS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(RunConfig)
-    if f.name not in _STRUCTURAL and f.name not in _METHOD_ONLY
-)
+#: Run settings that ``[defaults]``, families, methods and ``[settings]`` may set (derived from
+#: the declarations in :data:`gabench.config.RUN_SETTINGS`).
+RUN_KEYS: tuple[str, ...] = tuple(name for name, s in RUN_SETTINGS.items() if s.study == "run")
+#: Run settings that only a method may set (algorithm, aggregator, first order).
+METHOD_KEYS: tuple[str, ...] = tuple(name for name, s in RUN_SETTINGS.items() if s.study == "method")
+#: Largest number of seeds a study may plan.
+MAX_SEEDS = 10_000
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 class StudyError(ConfigError):
@@ -211,7 +206,7 @@ def load_study(path: str | Path, *, load_tuned: Callable[[Tuned], dict[str, floa
         raise StudyError(path, "", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(path, "", f"is not valid TOML ({exc})") from None
-    return _Parser(path, load_tuned or best_params).parse(raw)
+    return _StudyReader(path, load_tuned or best_params).parse(raw)
 
 
 def best_params(tuned: Tuned) -> dict[str, float]:
@@ -238,12 +233,13 @@ def _best_params(storage: str, study: str) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(params.items()))
 
 
-class _Parser:
-    """Validates one study file; every error names the key path."""
+class _StudyReader:
+    """Reads and validates one parsed study file into a :class:`Study`; every error names the
+    key path."""
 
     TOP = ("name", "description", "seeds", "defaults", "settings", "families", "methods")
     FAMILY = ("family", "params", "settings", *RUN_KEYS)
-    METHOD = ("algorithm", "aggregator", "first_order", "baseline", "tuned", "families", *RUN_KEYS)
+    METHOD = (*METHOD_KEYS, "baseline", "tuned", "families", *RUN_KEYS)
 
     def __init__(self, path: Path, load_tuned: Callable[[Tuned], dict[str, float]]) -> None:
         self.path = path
@@ -263,17 +259,17 @@ class _Parser:
         return value
 
     def run_value(self, key: str, name: str, value: Any) -> Any:
-        """Type-check one RunConfig field value given at ``key``."""
-        hint = _HINTS[name]
-        options = typing.get_args(hint) or (hint,)
-        if float in options and isinstance(value, int | float) and not isinstance(value, bool):
+        """Type-check one run setting's value given at ``key`` (the TOML type its declaration
+        asks for; ranges are checked with the whole configuration)."""
+        kind = RUN_SETTINGS[name].kind
+        if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
                 raise self.error(key, f"expected a finite number, got {value!r}")
             return float(value)
-        for t in options:
-            if t is not type(None) and type(value) is t:
-                return value
-        raise self.error(key, f"expected {_type_phrase(options)}, got {_describe(value)}")
+        expected = {"int": int, "float": float, "str": str, "bool": bool}[kind]
+        if type(value) is expected:
+            return value
+        raise self.error(key, f"expected {_type_phrase((expected,))}, got {_describe(value)}")
 
     def run_settings(self, key: str, data: dict[str, Any],
                      skip: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
@@ -327,13 +323,16 @@ class _Parser:
 
     def seeds(self, value: Any) -> list[int]:
         if isinstance(value, int) and not isinstance(value, bool):
-            if value < 1:
-                raise self.error("seeds", f"expected a count >= 1 or a list of seeds, got {value}")
+            if not 1 <= value <= MAX_SEEDS:
+                raise self.error("seeds", f"expected a count in [1, {MAX_SEEDS}] or a list of seeds, "
+                                 f"got {value}")
             return list(range(value))
         if isinstance(value, list) and value:
+            if len(value) > MAX_SEEDS:
+                raise self.error("seeds", f"expected at most {MAX_SEEDS} seeds, got {len(value)}")
             for i, s in enumerate(value):
-                if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-                    raise self.error(f"seeds[{i}]", f"expected an integer >= 0, got {s!r}")
+                if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED:
+                    raise self.error(f"seeds[{i}]", f"expected an integer in [0, {MAX_SEED}], got {s!r}")
             if len(set(value)) != len(value):
                 raise self.error("seeds", f"seeds must be distinct, got {value}")
             return list(value)
@@ -368,9 +367,10 @@ class _Parser:
         self.label(key, label)
         spec = self.table(key, spec, self.FAMILY)
         registry = spec.get("family", label)
-        if registry not in FAMILIES:
+        families = registry_names("family")
+        if registry not in families:
             where = _join(key, "family") if "family" in spec else key
-            raise self.error(where, f"unknown family {registry!r}; expected one of " + ", ".join(FAMILIES)
+            raise self.error(where, f"unknown family {registry!r}; expected one of " + ", ".join(families)
                              + (" (or set family = NAME in the table)" if "family" not in spec else ""))
         params = self.table(_join(key, "params"), spec.get("params", {}))
         return {
@@ -386,10 +386,10 @@ class _Parser:
         if "algorithm" not in spec:
             raise self.error(_join(key, "algorithm"), "missing; expected maml or reptile")
         out: dict[str, Any] = {"key": key}
-        for name, default in (("algorithm", None), ("aggregator", "mean"), ("first_order", False)):
-            out[name] = self.run_value(_join(key, name), name, spec.get(name, default))
-        out["run"] = self.run_settings(key, spec, ("algorithm", "aggregator", "first_order",
-                                                   "baseline", "tuned", "families"))
+        defaults = RunConfig()
+        for name in METHOD_KEYS:
+            out[name] = self.run_value(_join(key, name), name, spec.get(name, getattr(defaults, name)))
+        out["run"] = self.run_settings(key, spec, (*METHOD_KEYS, "baseline", "tuned", "families"))
         out["baseline"] = spec.get("baseline")
         if out["baseline"] is not None and not isinstance(out["baseline"], str):
             raise self.error(_join(key, "baseline"),
@@ -474,7 +474,7 @@ class _Parser:
                 params[name.removeprefix("params.")] = (value, key)
             else:
                 values[name] = (value, key)
-        for name in _METHOD_ONLY:
+        for name in METHOD_KEYS:
             values[name] = (meth[name], _join(meth["key"], name))
         config = RunConfig(family=fam["family"], family_params={k: v for k, (v, _) in params.items()},
                            seed=seed, **{k: v for k, (v, _) in values.items()})
@@ -488,10 +488,11 @@ class _Parser:
     def tuned(self, meth: dict[str, Any], mlabel: str, flabel: str) -> dict[str, tuple[Any, str]]:
         t: Tuned = meth["tuned"]
         key = _join(meth["key"], "tuned")
-        try:
-            ref = Tuned(t.storage, t.study.format(family=flabel, method=mlabel))
-        except (KeyError, IndexError, ValueError):
-            raise self.error(_join(key, "study"), "only {family} and {method} may appear in braces") from None
+        template = t.study
+        if set(_PLACEHOLDER.findall(template)) - {"{family}", "{method}"} or \
+                "{" in _PLACEHOLDER.sub("", template) or "}" in _PLACEHOLDER.sub("", template):
+            raise self.error(_join(key, "study"), "only {family} and {method} may appear in braces")
+        ref = Tuned(t.storage, template.replace("{family}", flabel).replace("{method}", mlabel))
         try:
             params = self.load_tuned(ref)
         except (ValueError, ImportError) as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,29 +54,29 @@ class Callback:
     def on_end(self, result: RunResult) -> None:
         """After the final meta-test, with everything the run produced."""
 
+    def on_fail(self, exc: BaseException) -> None:
+        """The run stopped without a result: ``exc`` is what stopped it (a :class:`DivergedError`,
+        any other exception, ``KeyboardInterrupt``, or what a callback raised, such as Optuna's
+        ``TrialPruned``). The trainer re-raises ``exc`` afterwards; an error raised here becomes
+        a ``RuntimeWarning``, so that the run's own error is the one raised."""
+
 
 class Trainer:
     """Meta-trains one model with one algorithm and one aggregator on one task family.
 
+    Everything the run does is read from ``config``; the plug-ins are built from its registry
+    names unless given as instances (a family, algorithm or aggregator of your own, see
+    docs/extending.md).
+
     Args:
-        family: Task family (possibly wrapped in :class:`~gabench.tasks.OutlierTasks`).
-        algorithm: MAML or Reptile instance.
-        aggregator: Task weighting.
-        beta: Outer learning rate.
-        optimizer: ``"adam"`` or ``"sgd"``.
-        meta_batch: Tasks per meta-batch T.
-        steps: Meta-iterations.
-        seed: Base seed of task streams and initialisation.
-        eval_every: Meta-validate every N steps (0: never).
-        val_tasks: Size of the fixed meta-validation task set.
-        test_tasks: Held-out meta-test tasks (None: the family's default).
-        eval_batch: Tasks adapted at once when evaluating.
-        eval_inner_steps: Inner steps when evaluating (None: the algorithm's).
-        device: Torch device.
+        config: The run configuration (validated here).
         callbacks: Called at the hooks of :class:`Callback`.
         progress: Show a progress bar (None: only on a terminal).
-        run_info: Identification columns written on every result row.
-        config: The full run configuration, recorded in the result.
+        family: A task family instance to use instead of ``config.family`` (its ``name`` is
+            recorded; ``config.outlier_fraction`` still wraps it in outlier tasks).
+        algorithm: An algorithm instance to use instead of ``config.algorithm``
+            (``config.alpha``, ``inner_steps`` and ``first_order`` are then not used).
+        aggregator: An aggregator instance to use instead of ``config.aggregator``.
         log_every: Steps between flushes of the training metrics to callbacks.
         fast_path: Use the batched fast path of :class:`~gabench.algorithms.FastMLP` where the
             model and loss allow it (same numbers as the general vmap path, several times
@@ -83,31 +85,50 @@ class Trainer:
             previous setting is restored afterwards); None leaves torch's setting. The default
             1 is much faster for gabench's small kernels: on a 2-core machine that other
             processes also use, two spinning OpenMP threads made meta-training 10-25x slower.
+
+    Attributes:
+        run_config: The validated :class:`~gabench.config.RunConfig` (plug-in names replaced by
+            those of the given instances).
+        config: What the result records: ``run_config`` as a dict, alpha resolved.
+        run_info: Identification columns written on every result row.
     """
 
-    def __init__(self, family: TaskFamily, algorithm: Algorithm, aggregator: Aggregator, *,
-                 beta: float, optimizer: str = "adam", meta_batch: int = 25, steps: int = 1000,
-                 seed: int = 0, eval_every: int = 0, val_tasks: int = 100,
-                 test_tasks: int | None = None, eval_batch: int = 200,
-                 eval_inner_steps: int | None = None, device: str | torch.device = "cpu",
-                 callbacks: Sequence[Callback] = (), progress: bool | None = None,
-                 run_info: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+    def __init__(self, config: RunConfig, callbacks: Sequence[Callback] = (),
+                 progress: bool | None = None, *, family: TaskFamily | None = None,
+                 algorithm: Algorithm | None = None, aggregator: Aggregator | None = None,
                  log_every: int = 50, fast_path: bool = True, num_threads: int | None = 1) -> None:
-        self.family, self.algorithm, self.aggregator = family, algorithm, aggregator
-        self.beta, self.optimizer_name = beta, optimizer
-        self.meta_batch, self.steps, self.seed = meta_batch, steps, seed
-        self.eval_every, self.val_tasks, self.eval_batch = eval_every, val_tasks, eval_batch
-        self.test_tasks = test_tasks or family.default_meta_test_tasks
-        self.eval_inner_steps = eval_inner_steps
-        self.device = torch.device(device)
+        given = {"family": family, "algorithm": algorithm, "aggregator": aggregator}
+        names = {k: v.name for k, v in given.items() if v is not None}
+        config = dataclasses.replace(config, **names) if names else config
+        config.validate(plugins=tuple(names))
+        self.run_config = config
+        family = config.build_family(family) if family is not None else config.build_family()
+        base = family.base if isinstance(family, OutlierTasks) else family
+        alpha = float(config.alpha) if config.alpha is not None else float(type(base).default_alpha)
+        self.family = family
+        self.algorithm = algorithm if algorithm is not None else config.build_algorithm(alpha)
+        self.aggregator = aggregator if aggregator is not None else config.build_aggregator()
+        self.beta, self.optimizer_name = config.beta, config.optimizer
+        self.meta_batch, self.steps, self.seed = config.meta_batch, config.steps, config.seed
+        self.eval_every, self.val_tasks = config.eval_every, config.val_tasks
+        self.eval_batch = config.eval_batch
+        self.test_tasks = config.test_tasks or family.default_meta_test_tasks
+        self.eval_inner_steps = config.eval_inner_steps
+        self.device = resolve_device(config.device)
         self.callbacks = list(callbacks)
         self.progress = progress
-        self.run_info = dict(run_info or {})
-        self.config = dict(config or {})
+        self.run_info: dict[str, Any] = {
+            "run": config.run_name, "family": config.family, "method": config.method,
+            "algorithm": config.algorithm, "aggregator": config.aggregator,
+            "first_order": config.first_order, "seed": config.seed,
+            "outlier_fraction": config.outlier_fraction,
+        }
+        self.config: dict[str, Any] = {**dataclasses.asdict(config),
+                                       "alpha": float(getattr(self.algorithm, "alpha", alpha))}
         self.log_every = log_every
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads)
         self.outliers = isinstance(family, OutlierTasks) and family.fraction > 0
-        self.model = family.make_model(init_generator(seed, family.name)).to(self.device)
+        self.model = family.make_model(init_generator(self.seed, family.name)).to(self.device)
         self.learner = Learner(self.model, family.loss, family.accuracy,
                                loss_kind=family_loss_kind(family), fast_path=fast_path)
         self.params = dict(self.model.named_parameters())
@@ -115,34 +136,18 @@ class Trainer:
         # step is one (fused) optimizer call on one tensor instead of a dozen small ops per
         # parameter. The model, its parameters and state_dict behave as before.
         self.flat_params = _share_flat_buffer(list(self.params.values()))
-        if optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.flat_params], lr=beta,
+        if config.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.flat_params], lr=self.beta,
                                                                      fused=True)
         else:
-            self.optimizer = torch.optim.SGD([self.flat_params], lr=beta)
+            self.optimizer = torch.optim.SGD([self.flat_params], lr=self.beta)
 
     @classmethod
     def from_config(cls, config: RunConfig, callbacks: Sequence[Callback] = (),
-                    progress: bool | None = None, *, fast_path: bool = True,
-                    num_threads: int | None = 1) -> Trainer:
-        """Validate ``config`` and build the trainer it describes (``fast_path``, ``num_threads``:
-        see the class)."""
-        config.validate()
-        return cls(
-            config.build_family(), config.build_algorithm(), config.build_aggregator(),
-            beta=config.beta, optimizer=config.optimizer, meta_batch=config.meta_batch,
-            steps=config.steps, seed=config.seed, eval_every=config.eval_every,
-            val_tasks=config.val_tasks, test_tasks=config.test_tasks,
-            eval_batch=config.eval_batch, eval_inner_steps=config.eval_inner_steps,
-            device=resolve_device(config.device), callbacks=callbacks, progress=progress,
-            run_info={
-                "run": config.run_name, "family": config.family, "method": config.method,
-                "algorithm": config.algorithm, "aggregator": config.aggregator,
-                "first_order": config.first_order, "seed": config.seed,
-                "outlier_fraction": config.outlier_fraction,
-            },
-            config=config.to_dict(), fast_path=fast_path, num_threads=num_threads,
-        )
+                    progress: bool | None = None, **kwargs: Any) -> Trainer:
+        """The same as ``Trainer(config, callbacks, progress, **kwargs)`` (kept for callers
+        written against the earlier API)."""
+        return cls(config, callbacks, progress, **kwargs)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_batches(self, split: str, n_tasks: int) -> list[TaskBatch]:
@@ -180,12 +185,24 @@ class Trainer:
         return res
 
     def fit(self) -> RunResult:
-        """Meta-train for ``steps`` iterations, then meta-test; returns all result rows."""
+        """Meta-train for ``steps`` iterations, then meta-test; returns all result rows.
+
+        If the run stops without a result (divergence, any exception, ``KeyboardInterrupt``),
+        every callback's :meth:`Callback.on_fail` is called, then the exception is re-raised.
+        """
         previous = torch.get_num_threads()
         if self.num_threads is not None and self.device.type == "cpu":
             torch.set_num_threads(self.num_threads)
         try:
             return self._fit()
+        except BaseException as exc:
+            for cb in self.callbacks:
+                try:
+                    cb.on_fail(exc)
+                except Exception as err:  # the run's own error is the one to raise
+                    warnings.warn(f"{type(cb).__name__}.on_fail failed: {type(err).__name__}: {err}",
+                                  RuntimeWarning, stacklevel=2)
+            raise
         finally:
             torch.set_num_threads(previous)
 

@@ -22,10 +22,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from gabench._errors import ConfigError, check_choice, check_int, check_positive
-from gabench.config import RunConfig
+from gabench._processes import StopRequest, Terminated, die_with_parent, sigterm_raises
+from gabench.config import MAX_LEARNING_RATE, RunConfig
 from gabench.results import Summary
 from gabench.trainer import Callback, DivergedError, Trainer
 
@@ -62,7 +64,18 @@ class TuneConfig:
     objective: str = "loss"
     """``loss``: minimise meta-val query loss after adaptation; ``acc``: maximise accuracy."""
     sampler_seed: int = 0
-    """Seed of the TPE sampler (worker i uses seed + i)."""
+    """Seed of the TPE sampler. Trial number k samples with a random state derived from
+    (seed, k) (:class:`TrialSeededTPE`), so a resumed study, a second worker or a second machine
+    never replays the points already run, and one uninterrupted single-worker study is
+    reproducible from this seed."""
+    prune_warmup: int = 2
+    """Validations after the one at step 0 that every trial completes before the median pruner
+    may stop it (counted in validations, not meta-iterations)."""
+    heartbeat_s: float = 10.0
+    """Seconds between a running trial's heartbeats (a user attribute in the storage)."""
+    stale_after_s: float = 60.0
+    """A RUNNING trial with no heartbeat for this long belongs to a process that died (kill -9,
+    power loss): it is marked FAIL before the budget is counted."""
     tracking_uri: str | None = None
     """MLflow URI for the parent run and one child run per trial (None: no tracking)."""
     experiment: str = "gabench-tuning"
@@ -80,12 +93,18 @@ class TuneConfig:
         if self.timeout is not None:
             check_positive("--timeout", self.timeout)
         check_int("--workers", self.workers)
+        check_int("--prune-warmup", self.prune_warmup, minimum=0)
+        check_positive("heartbeat_s", self.heartbeat_s)
+        if not self.stale_after_s > 2 * self.heartbeat_s:
+            raise ConfigError("stale_after_s", self.stale_after_s,
+                              f"more than twice heartbeat_s ({2 * self.heartbeat_s})")
         check_choice("--objective", self.objective, OBJECTIVES)
         if self.objective == "acc" and self.base.build_family().task_type != "classification":
             raise ConfigError("--objective", "acc", f"loss for regression family {self.base.family!r}")
         for name, (lo, hi) in (("--alpha-range", self.alpha_range), ("--beta-range", self.beta_range)):
-            if not (check_positive(name, lo) < check_positive(name, hi)):
-                raise ConfigError(name, f"{lo} {hi}", "LOW HIGH with 0 < LOW < HIGH")
+            if not (check_positive(name, lo) < check_positive(name, hi) <= MAX_LEARNING_RATE):
+                raise ConfigError(name, f"{lo} {hi}",
+                                  f"LOW HIGH with 0 < LOW < HIGH <= {MAX_LEARNING_RATE:g}")
         for name, rng in (("--tune-inner-steps", self.inner_steps_range),
                           ("--tune-meta-batch", self.meta_batch_range)):
             if rng is not None and not (check_int(name, rng[0]) < check_int(name, rng[1])):
@@ -185,13 +204,27 @@ def suggest_config(trial: optuna.Trial, tc: TuneConfig) -> RunConfig:
     return dataclasses.replace(tc.base, **changes)
 
 
-def make_objective(tc: TuneConfig, parent_run_id: str | None) -> Callable[[optuna.Trial], float]:
+class _StopCheck(Callback):
+    """Raises :class:`~gabench._processes.Terminated` at the trainer's next hook after a SIGTERM."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop = stop
+
+    def on_train_log(self, steps: Any, metrics: Any) -> None:
+        self.stop.check()
+
+    def on_eval(self, step: int, split: str, summary: dict[str, Summary]) -> None:
+        self.stop.check()
+
+
+def make_objective(tc: TuneConfig, parent_run_id: str | None,
+                   stop: StopRequest | None = None) -> Callable[[optuna.Trial], float]:
     metric = OBJECTIVES[tc.objective][0]
 
     def objective(trial: optuna.Trial) -> float:
         config = suggest_config(trial, tc)
         reporter = ValidationReporter(trial, metric)
-        callbacks: list[Callback] = [reporter]
+        callbacks: list[Callback] = [] if stop is None else [_StopCheck(stop)]
         tracker = None
         if tc.tracking_uri is not None:
             from gabench.tracking import MLflowTracker
@@ -200,18 +233,14 @@ def make_objective(tc: TuneConfig, parent_run_id: str | None) -> Callable[[optun
                                     run_name=f"{tc.study_name}__t{trial.number}",
                                     tags={"optuna_study": tc.study_name,
                                           "optuna_trial": str(trial.number)})
+            # Before the reporter: a validation that prunes the trial is logged first.
             callbacks.append(tracker)
-        try:
-            result = Trainer.from_config(config, callbacks, progress=False).fit()
+        callbacks.append(reporter)
+        try:  # a failure is recorded by the callbacks' on_fail (the MLflow run: FAILED or KILLED)
+            result = Trainer(config, callbacks, progress=False).fit()
         except DivergedError as exc:
             trial.set_user_attr("reason", str(exc))
-            if tracker is not None:
-                tracker.fail(str(exc))
             raise optuna.TrialPruned(str(exc)) from None
-        except optuna.TrialPruned as exc:
-            if tracker is not None:
-                tracker.fail(str(exc), "KILLED")
-            raise
         if tracker is not None:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
         for name, s in result.test.items():
@@ -233,31 +262,181 @@ def _print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     print(f"[{study.study_name}] trial {trial.number}: {params} -> {what}", flush=True)
 
 
-def _worker(tc: TuneConfig, index: int, parent_run_id: str | None) -> int:
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """Optuna's TPE sampler whose random state is derived from (seed, trial number).
+
+    A plain ``TPESampler(seed=s)`` starts from the same random state in every process, so a
+    resumed study, a second local worker and a second machine replay the random start-up points
+    (and, given the same history, the same TPE proposals) that were already run. Here trial
+    number k samples with a fresh ``TPESampler`` seeded from ``SeedSequence([seed, k])``: trial
+    numbers are unique within a study, so no process proposes another's points again, and one
+    uninterrupted single-worker study (the same history before each trial) is reproducible from
+    ``seed``. Everything else is TPE as configured by Optuna (``constant_liar`` on, so parallel
+    workers avoid the regions of running trials).
+    """
+
+    def __init__(self, seed: int, **tpe_kwargs: Any) -> None:
+        self.seed = seed
+        self._kwargs = tpe_kwargs
+        self._per_trial: dict[int, optuna.samplers.TPESampler] = {}
+
+    @staticmethod
+    def trial_seed(seed: int, number: int) -> int:
+        """The seed of trial ``number``'s sampler."""
+        return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+    def _sampler(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.TPESampler:
+        sampler = self._per_trial.get(trial._trial_id)
+        if sampler is None:
+            sampler = optuna.samplers.TPESampler(seed=self.trial_seed(self.seed, trial.number),
+                                                 **self._kwargs)
+            self._per_trial[trial._trial_id] = sampler
+        return sampler
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self._sampler(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._sampler(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                           param_name: str, param_distribution: Any) -> Any:
+        return self._sampler(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._sampler(trial).before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                    state: optuna.trial.TrialState, values: Any) -> None:
+        sampler = self._per_trial.pop(trial._trial_id, None)
+        if sampler is not None:
+            sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Nothing to reseed: each trial's random state is derived from (seed, number)."""
+
+
+def make_sampler(tc: TuneConfig) -> optuna.samplers.BaseSampler:
+    return TrialSeededTPE(tc.sampler_seed)
+
+
+HEARTBEAT_ATTR = "gabench_heartbeat"
+
+
+class _Heartbeat:
+    """While a trial runs, writes the time into its user attribute ``gabench_heartbeat`` every
+    ``interval`` seconds (any storage: SQLite, PostgreSQL, journal files), so that a trial
+    whose process died can be told from one still running on another machine."""
+
+    def __init__(self, study: optuna.Study, interval: float) -> None:
+        import threading
+
+        self.study, self.interval = study, interval
+        self._stop = threading.Event()
+        self._trial_id: int | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="gabench-heartbeat", daemon=True)
+        self._thread.start()
+
+    def beat(self, trial_id: int | None) -> None:
+        """Beat now for ``trial_id`` and keep beating for it (None: stop beating)."""
+        with self._lock:
+            self._trial_id = trial_id
+        if trial_id is not None:
+            self._write(trial_id)
+
+    def _write(self, trial_id: int) -> None:
+        try:
+            self.study._storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except Exception:  # the trial finished meanwhile (or the storage hiccuped): next beat
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                trial_id = self._trial_id
+            if trial_id is not None:
+                self._write(trial_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def reap_stale_trials(study: optuna.Study, stale_after_s: float) -> list[int]:
+    """Mark FAIL the RUNNING trials whose last heartbeat (or start, if none) is older than
+    ``stale_after_s``: their process died without finishing them. Returns their numbers."""
+    now = time.time()
+    reaped = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        last = t.user_attrs.get(HEARTBEAT_ATTR)
+        if last is None:
+            last = t.datetime_start.timestamp() if t.datetime_start else now
+        if now - float(last) <= stale_after_s:
+            continue
+        try:
+            study._storage.set_trial_user_attr(
+                t._trial_id, "reason", f"no heartbeat for {now - float(last):.0f} s: its process died")
+            if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+                reaped.append(t.number)
+        except Exception:  # finished or reaped by another process meanwhile
+            continue
+    return reaped
+
+
+def _worker(tc: TuneConfig, index: int, parent_run_id: str | None, parent_pid: int | None = None) -> int:
     """One worker: run trials of the shared study until it holds ``tc.trials`` trials.
 
-    The budget is global: before each trial the worker counts the study's finished and running
-    trials (from every worker and machine), so workers that start at different times share one
-    budget. Returns the number of trials this worker ran.
+    The budget is global: before each trial the worker reaps stale trials (dead processes) and
+    counts the study's finished and running trials (from every worker and machine), so workers
+    that start at different times share one budget. SIGTERM (also sent when the parent dies)
+    marks the running trial FAIL and ends the worker. Returns the number of trials it ran.
     """
     import torch
 
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     if tc.workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // tc.workers))
     _quiet_optuna()
-    study = optuna.load_study(
-        study_name=tc.study_name, storage=make_storage(tc.storage),
-        sampler=optuna.samplers.TPESampler(seed=tc.sampler_seed + index),
-        pruner=make_pruner(),
-    )
-    objective = make_objective(tc, parent_run_id)
+    study = optuna.load_study(study_name=tc.study_name, storage=make_storage(tc.storage),
+                              sampler=make_sampler(tc), pruner=make_pruner(tc))
+    stop = StopRequest()
+    objective = make_objective(tc, parent_run_id, stop)
+    heartbeat = _Heartbeat(study, tc.heartbeat_s)
+
+    def beating(trial: optuna.Trial) -> float:
+        heartbeat.beat(trial._trial_id)
+        try:
+            return objective(trial)
+        finally:
+            heartbeat.beat(None)
+
     deadline = None if tc.timeout is None else time.monotonic() + tc.timeout
     ran = 0
-    while deadline is None or time.monotonic() < deadline:
-        if tc.trials is not None and counted_trials(study) >= tc.trials:
-            break
-        study.optimize(objective, n_trials=1, callbacks=[_print_trial], catch=())
-        ran += 1
+    try:
+        with stop.catching():
+            while deadline is None or time.monotonic() < deadline:
+                stop.check()
+                reaped = reap_stale_trials(study, tc.stale_after_s)
+                if reaped:
+                    print(f"[{study.study_name}] marked {len(reaped)} stale RUNNING trial(s) FAIL "
+                          f"(no heartbeat for {tc.stale_after_s:.0f} s): {reaped}", flush=True)
+                if tc.trials is not None and counted_trials(study) >= tc.trials:
+                    break
+                study.optimize(beating, n_trials=1, callbacks=[_print_trial], catch=())
+                ran += 1
+    except Terminated:
+        if parent_pid is None:
+            raise
+        # A pool worker: its running trial is marked FAIL by now; leave at once rather than
+        # return to the pool and wait for work from a parent that may be gone.
+        heartbeat.close()
+        os._exit(128 + 15)
+    finally:
+        heartbeat.close()
     return ran
 
 
@@ -268,9 +447,13 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def make_pruner() -> optuna.pruners.BasePruner:
-    """Median pruning once 5 trials have finished, after each trial's first validation."""
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+def make_pruner(tc: TuneConfig | None = None) -> optuna.pruners.BasePruner:
+    """Median pruning once 5 trials have finished; a trial is first compared after
+    ``tc.prune_warmup`` validations beyond the one at step 0 (steps are meta-iterations, so the
+    warm-up is ``prune_warmup * eval_every`` of them)."""
+    warmup = 2 if tc is None else tc.prune_warmup
+    every = 1 if tc is None else tc.base.eval_every
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup * every)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -290,14 +473,15 @@ def tune(tc: TuneConfig) -> optuna.Study:
 
     Re-running with the same storage and study name resumes: ``trials`` is the number of
     finished trials the study should hold, so an interrupted study is completed, not restarted.
+    Trials left RUNNING by a process that died are marked FAIL first (no heartbeat for
+    ``stale_after_s``); SIGTERM stops the workers, whose running trials are marked FAIL.
     """
     tc.validate()
     _quiet_optuna()
     direction = OBJECTIVES[tc.objective][1]
     storage = make_storage(tc.storage)
     study = optuna.create_study(storage=storage, study_name=tc.study_name, direction=direction,
-                                sampler=optuna.samplers.TPESampler(seed=tc.sampler_seed),
-                                pruner=make_pruner(), load_if_exists=True)
+                                sampler=make_sampler(tc), pruner=make_pruner(tc), load_if_exists=True)
     if study.direction.name.lower() != direction:
         raise ConfigError("--objective", tc.objective,
                           f"the direction study {tc.study_name!r} was created with "
@@ -305,23 +489,56 @@ def tune(tc: TuneConfig) -> optuna.Study:
     if not study.user_attrs.get("base_config"):
         study.set_user_attr("base_config", tc.base.to_dict())
         study.set_user_attr("objective", tc.objective)
+    if not study.metric_names:
+        study.set_metric_names([objective_name(tc)])
     parent = _parent_run(study, tc)
+    reaped = reap_stale_trials(study, tc.stale_after_s)
+    if reaped:
+        print(f"[{tc.study_name}] marked {len(reaped)} stale RUNNING trial(s) FAIL (no heartbeat for "
+              f"{tc.stale_after_s:.0f} s): {reaped}", flush=True)
     done = finished_trials(study)
-    remaining = None if tc.trials is None else max(0, tc.trials - done)
-    print(f"study {tc.study_name!r} in {redact(tc.storage)}: {done} finished trials, "
+    running = counted_trials(study) - done
+    remaining = None if tc.trials is None else max(0, tc.trials - done - running)
+    print(f"study {tc.study_name!r} in {redact(tc.storage)}: {done} finished trials"
+          f"{f', {running} running elsewhere' if running else ''}, "
           f"{'running until timeout' if remaining is None else f'{remaining} to run'}"
           f" on {tc.workers} worker(s)", flush=True)
     if remaining != 0:
         if tc.workers == 1:
             _worker(tc, 0, parent)
         else:
-            with ProcessPoolExecutor(tc.workers, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_worker, tc, i, parent) for i in range(tc.workers)]
-                for f in futures:
-                    f.result()
+            _run_workers(tc, parent)
     study = optuna.load_study(study_name=tc.study_name, storage=storage)
     summarise(study, tc, parent)
     return study
+
+
+def objective_name(tc: TuneConfig) -> str:
+    """The study's metric name, e.g. ``val loss_post`` (shown by optuna-dashboard and plots)."""
+    return f"val {OBJECTIVES[tc.objective][0]}"
+
+
+def _run_workers(tc: TuneConfig, parent_run_id: str | None) -> None:
+    """``tc.workers`` processes on the study; they die with this process, and SIGTERM or Ctrl-C
+    here stops them (each marks its running trial FAIL) before re-raising."""
+    import signal
+
+    pool = ProcessPoolExecutor(tc.workers, mp_context=get_context("spawn"))
+    futures = [pool.submit(_worker, tc, i, parent_run_id, os.getpid()) for i in range(tc.workers)]
+    try:
+        with sigterm_raises():
+            for f in futures:
+                f.result()
+    except BaseException:
+        procs = list(getattr(pool, "_processes", {}).values())
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)  # the worker marks its trial FAIL and exits
+        for proc in procs:
+            proc.join(timeout=30)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _parent_run(study: optuna.Study, tc: TuneConfig) -> str | None:

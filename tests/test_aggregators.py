@@ -8,7 +8,7 @@ import torch
 from gabench.aggregators import (
     AGGREGATORS,
     GradientAgreement,
-    GradientAgreementBook,
+    GradientAgreementTextbook,
     Mean,
     weight_stats,
 )
@@ -29,33 +29,33 @@ def test_ga_hand_computed_with_a_disagreeing_task():
 def test_ga_book_hand_computed():
     # Gram = [[1,1,-1],[1,2,-1],[-1,-1,1]]: row sums (1, 2, -1), sum of |entries| = 10.
     G = t([[1, 0], [1, 1], [-1, 0]])
-    torch.testing.assert_close(GradientAgreementBook().weights(G), t([0.1, 0.2, -0.1]))
+    torch.testing.assert_close(GradientAgreementTextbook().weights(G), t([0.1, 0.2, -0.1]))
 
 
 def test_ga_identical_tasks_get_uniform_weights():
     G = t([[1, 2], [1, 2], [1, 2], [1, 2]])
-    for cls in (GradientAgreement, GradientAgreementBook):
+    for cls in (GradientAgreement, GradientAgreementTextbook):
         torch.testing.assert_close(cls().weights(G), torch.full((4,), 0.25, dtype=torch.float64))
 
 
 def test_ga_degenerate_batch_falls_back_to_uniform():
-    for cls in (GradientAgreement, GradientAgreementBook):
+    for cls in (GradientAgreement, GradientAgreementTextbook):
         w = cls().weights(torch.zeros(3, 5))
         assert torch.isfinite(w).all()
         torch.testing.assert_close(w, torch.full((3,), 1.0 / 3))
     # Two tasks that cancel: s = G (g1 + g2) = 0, so the paper formula is degenerate too ...
     torch.testing.assert_close(GradientAgreement().weights(t([[1, 0], [-1, 0]])), t([0.5, 0.5]))
     # ... while the book's normaliser (sum of |Gram entries| = 4) is not: both weights are 0.
-    torch.testing.assert_close(GradientAgreementBook().weights(t([[1, 0], [-1, 0]])), t([0.0, 0.0]))
+    torch.testing.assert_close(GradientAgreementTextbook().weights(t([[1, 0], [-1, 0]])), t([0.0, 0.0]))
 
 
 def test_ga_and_book_agree_exactly_when_no_pair_disagrees():
     agreeing = t([[1, 0], [1, 1], [0, 2]])  # every inner product >= 0
     torch.testing.assert_close(GradientAgreement().weights(agreeing),
-                               GradientAgreementBook().weights(agreeing))
+                               GradientAgreementTextbook().weights(agreeing))
     disagreeing = t([[1, 0], [1, 1], [0, 2], [-0.1, 1]])  # <g1, g4> < 0
     assert not torch.allclose(GradientAgreement().weights(disagreeing),
-                              GradientAgreementBook().weights(disagreeing))
+                              GradientAgreementTextbook().weights(disagreeing))
 
 
 def test_ga_equals_gram_definition_on_random_matrices():
@@ -65,7 +65,7 @@ def test_ga_equals_gram_definition_on_random_matrices():
         gram = G @ G.T
         expected = gram.sum(1) / gram.sum(1).abs().sum()
         torch.testing.assert_close(GradientAgreement().weights(G), expected)
-        torch.testing.assert_close(GradientAgreementBook().weights(G), gram.sum(1) / gram.abs().sum())
+        torch.testing.assert_close(GradientAgreementTextbook().weights(G), gram.sum(1) / gram.abs().sum())
 
 
 def test_weight_stats():

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from gabench._errors import ConfigError
-from gabench.cli import main
+from gabench.commands import main
 from gabench.compare import run_study
 from gabench.study import load_study
 from gabench.trainer import Callback

@@ -20,7 +20,7 @@ from gabench.trainer import Callback, Trainer, family_loss_kind
 
 #: Families with their loss kind: every model type and loss the fast path supports.
 FAST_FAMILIES = {
-    "sine": "mse", "regression": "mse", "linear-binary": "bce", "book-binary": "bce",
+    "sine": "mse", "regression": "mse", "linear-binary": "bce", "textbook-binary": "bce",
     "moons": "bce", "classification": "ce", "digits": "ce",
 }
 ALGORITHMS = {
@@ -72,7 +72,8 @@ def test_fast_path_does_not_apply_elsewhere():
     assert FastMLP.of(MLP(2, (3,), 1, g), "mse") is not None
     assert FastMLP.of(Logistic(3, g), "bce") is not None
     digits_conv = make_family("digits", {"model": "conv"})
-    tr = Trainer(digits_conv, MAML(0.5), Mean(), beta=1e-3, steps=1, test_tasks=1)
+    tr = Trainer(RunConfig(beta=1e-3, steps=1, test_tasks=1), family=digits_conv, algorithm=MAML(0.5),
+                 aggregator=Mean())
     assert tr.learner.fast is None
 
 
@@ -204,8 +205,8 @@ def test_whole_run_equals_general_path(family, algorithm, first_order, aggregato
     cfg = RunConfig(family=family, algorithm=algorithm, first_order=first_order, aggregator=aggregator,
                     inner_steps=2, outlier_fraction=outliers, steps=8, meta_batch=5, eval_every=4,
                     val_tasks=6, test_tasks=7)
-    fast = Trainer.from_config(cfg, progress=False)
-    general = Trainer.from_config(cfg, progress=False, fast_path=False)
+    fast = Trainer(cfg, progress=False)
+    general = Trainer(cfg, progress=False, fast_path=False)
     assert fast.learner.fast is not None and general.learner.fast is None
     a, b = fast.fit(), general.fit()
     drop = lambda df: df[df.metric != "wall_seconds"].reset_index(drop=True)  # noqa: E731
@@ -217,7 +218,7 @@ def test_whole_run_equals_general_path(family, algorithm, first_order, aggregato
 
 
 def test_trainer_parameters_share_the_optimizer_buffer():
-    tr = Trainer.from_config(RunConfig(family="sine", steps=3, meta_batch=3, test_tasks=2), progress=False)
+    tr = Trainer(RunConfig(family="sine", steps=3, meta_batch=3, test_tasks=2), progress=False)
     before = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
     flat = torch.cat([p.detach().reshape(-1) for p in tr.params.values()])
     assert torch.equal(flat, tr.flat_params.detach())
@@ -255,9 +256,9 @@ def test_fit_runs_with_its_thread_setting_and_restores_torchs():
 
     previous = torch.get_num_threads()
     cfg = RunConfig(family="sine", steps=2, meta_batch=3, test_tasks=2)
-    Trainer.from_config(cfg, callbacks=[Record()], progress=False).fit()
-    Trainer.from_config(cfg, callbacks=[Record()], progress=False, num_threads=None).fit()
+    Trainer(cfg, callbacks=[Record()], progress=False).fit()
+    Trainer(cfg, callbacks=[Record()], progress=False, num_threads=None).fit()
     assert seen == [1, previous]
     assert torch.get_num_threads() == previous
     with pytest.raises(ValueError, match="num_threads"):
-        Trainer.from_config(cfg, progress=False, num_threads=0)
+        Trainer(cfg, progress=False, num_threads=0)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def meta_test(**kw):
-    return Trainer.from_config(RunConfig(**kw), progress=False).fit().test
+    return Trainer(RunConfig(**kw), progress=False).fit().test
 
 
 def test_sine_maml_from_scratch_reaches_mse_below_one():
@@ -38,8 +38,8 @@ def test_digits_accuracy_well_above_chance():
 
 @pytest.mark.parametrize("algorithm,aggregator", [("maml", "mean"), ("maml", "ga"),
                                                   ("reptile", "ga")])
-def test_book_binary_never_beats_ln2_by_more_than_noise(algorithm, aggregator):
-    test = meta_test(family="book-binary", algorithm=algorithm, aggregator=aggregator,
+def test_textbook_binary_never_beats_ln2_by_more_than_noise(algorithm, aggregator):
+    test = meta_test(family="textbook-binary", algorithm=algorithm, aggregator=aggregator,
                      alpha=0.1, beta=0.01, steps=300, meta_batch=10,
                      inner_steps=1 if algorithm == "maml" else 5)
     for when in ("pre", "post"):

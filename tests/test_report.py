@@ -1,88 +1,285 @@
-"""Reports: bootstrap statistics against known cases, and a report generated from a tiny study."""
+"""Reports: analysis of synthetic study tables (known effects), the files a report writes, its
+rebuild from ``data/``, bad input, and a report generated from a tiny real study."""
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-from gabench.cli import main
+from gabench._errors import ConfigError
+from gabench.commands import main
+from gabench.commands.report import report_study
 from gabench.compare import run_study
 from gabench.reporting import (
+    COMPARISON_COLUMNS,
     Interval,
-    bootstrap_ci,
-    bootstrap_ci_columns,
+    build_report,
     fmt_interval,
-    paired_difference,
-    report_study,
-    roc_auc_rows,
+    load_tables,
+    primary_select,
 )
+from gabench.reporting._analysis import curve_frames
+from gabench.results import RESULT_COLUMNS
 from gabench.study import load_study
 
-
-# --------------------------------------------------------------------------- statistics
-def test_bootstrap_of_two_points_is_their_range():
-    # Resampled means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and
-    # 97.5% percentiles are exactly 0 and 1.
-    iv = bootstrap_ci(np.array([0.0, 1.0]))
-    assert (iv.mean, iv.low, iv.high, iv.n) == (0.5, 0.0, 1.0, 2)
+METHODS = {"maml": ("maml", "mean"), "maml+ga": ("maml", "ga")}
 
 
-def test_bootstrap_degenerate_and_small_cases():
-    iv = bootstrap_ci(np.full(7, 3.25))
-    assert (iv.mean, iv.low, iv.high) == (3.25, 3.25, 3.25)
-    one = bootstrap_ci(np.array([2.0, np.nan]))
-    assert one.n == 1 and one.mean == 2.0 and np.isnan(one.low)
-    assert bootstrap_ci(np.array([])).n == 0
+# --------------------------------------------------------------------------- synthetic tables
+def fake_study(root: Path, *, seeds: int = 4, families: tuple[str, ...] = ("linear-binary", "sine"),
+               effect: float = 0.0, noise: float = 0.05, select: bool = True, methods: dict | None = None,
+               steps: int = 40, eval_every: int = 5, T: int = 4, outlier: float = 0.25,
+               seed_sets: dict[str, list[int]] | None = None, name: str = "fake") -> Path:
+    """Write ``results.parquet``, ``weights.parquet`` and ``study.json`` of a fake study to ``root``.
+
+    The methods' meta-test loss_post is ``1 + seed effect + noise`` for the baseline and the same
+    minus ``effect`` for the GA method (so ``effect > 0`` = GA better); ``sine`` has no accuracy.
+    """
+    methods = METHODS if methods is None else methods
+    g = np.random.default_rng(0)
+    rows, weights = [], []
+    for family in families:
+        seed_effect = g.normal(0, 0.3, seeds)
+        for label, (algo, agg) in methods.items():
+            for seed in (seed_sets or {}).get(label, range(seeds)):
+                run = f"{family}__{label}__s{seed}"
+                info = {"run": run, "family": family, "method": label, "algorithm": algo, "aggregator": agg,
+                        "first_order": False, "seed": seed, "outlier_fraction": outlier}
+                shift = effect if agg != "mean" else 0.0
+                level = 1.0 + seed_effect[seed] - shift + g.normal(0, noise)
+                metrics = ["loss_post", "loss_pre"] + ([] if family == "sine" else ["acc_post", "acc_pre"])
+                for step in range(0, steps + 1, eval_every):
+                    curve = level + 2.0 * np.exp(-step / 8)
+                    for m in metrics:
+                        v = curve if m.startswith("loss") else 1 - curve / 4
+                        rows.append({**info, "step": step, "split": "val", "metric": m, "value": v})
+                for sel, extra in (("final", 0.0), ("best_val", -0.01)):
+                    if sel == "best_val" and not select:
+                        continue
+                    for m in metrics:
+                        v = level + extra if m.startswith("loss") else 1 - (level + extra) / 4
+                        rows.append({**info, "step": steps, "split": "test", "metric": m, "value": v,
+                                     "select": sel})
+                for step in range(1, steps + 1):
+                    rows.append({**info, "step": step, "split": "train", "metric": "query_loss",
+                                 "value": level + 2 * np.exp(-step / 8), "n": T})
+                    rows.append({**info, "step": step, "split": "train", "metric": "w_frac_negative",
+                                 "value": 0.25 if agg != "mean" else 0.0, "n": T})
+                    rows.append({**info, "step": step, "split": "train", "metric": "w_eff_n",
+                                 "value": 3.0 if agg != "mean" else float(T), "n": T})
+                rows.append({**info, "step": steps, "split": "train", "metric": "wall_seconds",
+                             "value": 10.0 + (2.0 if agg != "mean" else 0.0) + g.normal(0, 0.1), "n": 1})
+                w = g.normal(1.0, 1.5, (steps, T)) / T if agg != "mean" else np.full((steps, T), 1 / T)
+                w[0, 0] = 10.0  # one weight far outside the histogram's range
+                corrupted = np.zeros((steps, T), dtype=bool)
+                corrupted[:, 0] = outlier > 0
+                weights.append(pd.DataFrame({"run": run, "step": np.repeat(np.arange(1, steps + 1), T),
+                                             "task": np.tile(np.arange(T), steps),
+                                             "corrupted": corrupted.ravel(),
+                                             "weight": w.ravel()}))
+    res = pd.DataFrame(rows)
+    for col in RESULT_COLUMNS:
+        if col not in res:
+            res[col] = np.nan
+    if select:
+        res["select"] = res["select"].fillna("final")
+    else:
+        res = res.drop(columns="select", errors="ignore")
+    res = res[[*RESULT_COLUMNS, *(["select"] if select else [])]]
+    root.mkdir(parents=True, exist_ok=True)
+    res.to_parquet(root / "results.parquet", index=False)
+    pd.concat(weights, ignore_index=True).to_parquet(root / "weights.parquet", index=False)
+    (root / "study.json").write_text(json.dumps({"name": name, "families": list(families)}))
+    return root
 
 
-def test_bootstrap_matches_scipy_and_the_t_interval_for_a_large_sample():
-    x = np.random.default_rng(1).normal(10.0, 2.0, size=400)
-    iv = bootstrap_ci(x, rng=3)
-    ref = stats.bootstrap((x,), np.mean, method="percentile", n_resamples=10_000,
-                          random_state=np.random.default_rng(4)).confidence_interval
-    assert iv.low == pytest.approx(ref.low, abs=0.03) and iv.high == pytest.approx(ref.high, abs=0.03)
-    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
-    assert iv.low == pytest.approx(x.mean() - half, abs=0.03)
-    assert iv.high == pytest.approx(x.mean() + half, abs=0.03)
-    assert bootstrap_ci(x, rng=3) == iv  # seeded: deterministic
+def _report(src: Path, out: Path) -> tuple[str, pd.DataFrame]:
+    path = build_report(load_tables(src), out, "gabench report test")
+    return path.read_text(), pd.read_csv(out / "comparisons.csv")
 
 
-def test_bootstrap_columns_share_resamples_across_points():
-    curves = np.array([[0.0, 1.0], [1.0, 2.0]])  # column 2 = column 1 + 1 on every seed
-    low, high = bootstrap_ci_columns(curves)
-    np.testing.assert_allclose(high - low, [1.0, 1.0])
-    np.testing.assert_allclose([low[1], high[1]], [low[0] + 1, high[0] + 1])
+# --------------------------------------------------------------------------- analysis
+def test_comparisons_csv_has_the_columns_and_matches_scipy_paired_t_from_data(tmp_path):
+    src = fake_study(tmp_path / "runs", effect=0.02)
+    _, comp = _report(src, tmp_path / "rep")
+    assert list(comp.columns) == COMPARISON_COLUMNS
+    assert set(comp["verdict"]) <= {"better", "worse", "unresolved"}
+    assert set(comp["select"]) == {"final", "best_val"}
+    # recompute every row independently from data/ with scipy
+    runs = pd.read_parquet(tmp_path / "rep" / "data" / "runs.parquet")
+    test = pd.read_parquet(tmp_path / "rep" / "data" / "test.parquet").merge(runs, on="run")
+    for row in comp.itertuples():
+        fam = row.cell.split(" / ")[0]
+        part = test[(test.metric == row.metric) & (test["select"] == row.select) & (test.family_label == fam)]
+        a = part[part.method == row.method].set_index("seed")["value"].sort_index()
+        b = part[part.method == row.baseline].set_index("seed")["value"].sort_index()
+        res = stats.ttest_rel(a, b)
+        ci = res.confidence_interval(0.95)
+        assert row.n_seeds == len(a) == len(b)
+        assert row.diff_mean == pytest.approx((a - b).mean(), abs=1e-12)
+        assert (row.ci_low, row.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-9)
+        assert row.p_value == pytest.approx(res.pvalue, rel=1e-9)
+        assert (row.baseline_mean, row.method_mean) == pytest.approx((b.mean(), a.mean()))
 
 
-def test_paired_difference_and_probability_of_improvement():
-    ga = np.array([0.9, 1.0, 1.2, 0.8])
-    base = np.array([1.0, 1.0, 1.1, 1.0])
-    d = paired_difference(ga, base, lower_is_better=True)
-    assert d.n == 4 and d.diff.mean == pytest.approx(-0.05)
-    assert d.p_improve == pytest.approx((2 + 0.5) / 4)  # two better, one tie, one worse
-    acc = paired_difference(ga, base, lower_is_better=False)
-    assert acc.p_improve == pytest.approx((1 + 0.5) / 4)
-    with_nan = paired_difference(np.array([1.0, np.nan]), np.array([2.0, 1.0]), lower_is_better=True)
-    assert with_nan.n == 1 and with_nan.p_improve == 1.0
+def test_holm_runs_over_the_primary_family_and_sets_the_verdicts(tmp_path):
+    src = fake_study(tmp_path / "runs", seeds=8, effect=0.2, noise=0.02)
+    _, comp = _report(src, tmp_path / "rep")
+    prim = comp[(comp["select"] == "best_val") & comp["metric"].isin(["loss_post", "acc_post"])]
+    assert len(prim) == 3  # loss_post on 2 families, acc_post on linear-binary only (sine has none)
+    np.testing.assert_allclose(prim["p_holm"], multipletests(prim["p_value"], method="holm")[1])
+    assert (prim["verdict"] == "better").all()  # a clear effect with 8 seeds
+    for row in comp.itertuples():
+        want = "unresolved" if not row.p_holm < 0.05 else (
+            "better" if (row.diff_mean < 0) == row.metric.startswith("loss") else "worse")
+        assert row.verdict == want
+    _, null = _report(fake_study(tmp_path / "null", seeds=8, effect=0.0), tmp_path / "rep0")
+    assert (null["verdict"] == "unresolved").all()
 
 
-def test_roc_auc_matches_scikit_learn():
-    from sklearn.metrics import roc_auc_score
+def test_report_rebuilt_from_its_data_gives_identical_comparisons(tmp_path):
+    src = fake_study(tmp_path / "runs", effect=0.05)
+    text, _ = _report(src, tmp_path / "rep")
+    assert main(["report", str(tmp_path / "rep" / "data"), "--reports-root", str(tmp_path / "again")]) == 0
+    again = tmp_path / "again" / "fake"
+    assert (again / "comparisons.csv").read_bytes() == (tmp_path / "rep" / "comparisons.csv").read_bytes()
+    strip = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC|Source: `[^`]*`|```bash\n[^`]*```")
+    assert strip.sub("", (again / "README.md").read_text()) == strip.sub("", text)
+    for name in ("runs", "test", "curves", "run_stats", "weight_hist", "outlier_weights"):
+        pd.testing.assert_frame_equal(pd.read_parquet(again / "data" / f"{name}.parquet"),
+                                      pd.read_parquet(tmp_path / "rep" / "data" / f"{name}.parquet"))
+    assert load_tables(tmp_path / "rep").source == tmp_path / "rep" / "data"  # the report directory works too
+    size = sum(p.stat().st_size for p in (tmp_path / "rep" / "data").iterdir())
+    assert size < 200_000
 
-    rng = np.random.default_rng(0)
-    scores = rng.normal(size=(5, 12)).round(1)  # rounding makes ties
-    labels = np.zeros((5, 12), dtype=bool)
-    labels[:, :4] = True
-    scores[:, :4] += 0.7
-    got = roc_auc_rows(scores, labels)
-    want = [roc_auc_score(labels[i], scores[i]) for i in range(5)]
-    np.testing.assert_allclose(got, want)
-    assert roc_auc_rows(np.ones((1, 4)), np.array([[True, False, False, False]]))[0] == 0.5
-    assert np.isnan(roc_auc_rows(np.ones((1, 3)), np.zeros((1, 3), dtype=bool))[0])
+
+def test_both_selections_are_shown_and_best_val_is_primary(tmp_path):
+    text, comp = _report(fake_study(tmp_path / "runs"), tmp_path / "rep")
+    assert "`select = best_val` (primary)" in text and "`select = final` (secondary)" in text
+    assert "`best_val` is primary" in text
+    assert primary_select(load_tables(tmp_path / "rep" / "data")) == "best_val"
+    text, comp = _report(fake_study(tmp_path / "old", select=False), tmp_path / "rep_old")
+    assert set(comp["select"]) == {"final"} and "`select = best_val`" not in text
+    assert "recorded only the final iterate" in text
+
+
+def test_report_warns_about_too_few_seeds_and_states_the_requirement(tmp_path):
+    text, _ = _report(fake_study(tmp_path / "runs", seeds=4), tmp_path / "rep")
+    assert "Too few seeds for a distribution-free call" in text
+    assert "at least 7 paired seeds" in text  # 3 primary tests: 3 * 2/2^7 < 0.05 <= 3 * 2/2^6
+    text, _ = _report(fake_study(tmp_path / "many", seeds=8), tmp_path / "rep8")
+    assert "Too few seeds" not in text
+
+
+def test_report_sections_aggregates_convergence_and_figures(tmp_path):
+    text, _ = _report(fake_study(tmp_path / "runs", effect=0.05), tmp_path / "rep")
+    out = tmp_path / "rep"
+    for section in ("## Findings (as measured)", "## Meta-test results", "## Paired differences",
+                    "## Across cells: aggregate improvement", "## Learning curves", "### Convergence",
+                    "## Task weights", "## Outlier tasks", "## Wall-clock",
+                    "## How the numbers are computed"):
+        assert section in text, section
+    agg = text.split("## Across cells")[1].split("\n## ")[0]
+    assert re.search(r"\| `maml\+ga` - `maml` \| `loss_post` \| [+-]\d+\.\d% \[", agg)
+    assert "stratified bootstrap" in agg and "IQM" in agg
+    assert "Holm" in text and "paired-t" in text and "Wilcoxon" in text
+    assert "rliable" in text  # the methods note says why the package is not used
+    for png in ("curves_loss_post.png", "curves_acc_post.png", "paired_loss_post.png",
+                "profile_loss_post.png",
+                "weights_hist.png", "outlier_weights.png"):
+        assert (out / png).stat().st_size > 1000, png
+        assert f"]({png})" in text
+    assert "in the edge bins" in text  # the weight at 10 x uniform lies outside the histogram
+    # no empty panel: the accuracy curves have only the family that has accuracy
+    data = load_tables(out / "data")
+    assert list(curve_frames(data, "val", "acc_post")) == [("linear-binary", "")]
+    conv = text.split("### Convergence")[1].split("\n## ")[0]
+    assert "| `maml` |" in conv
+
+
+def test_learning_curves_draw_no_empty_panel(monkeypatch, tmp_path):
+    from gabench.reporting import _plots as plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, legend=None: figs.append(fig))
+    frame = pd.DataFrame({0: [0.5, 0.7], 1: [0.55, 0.72]}, index=[0, 10])
+    curves = {("linear-binary", ""): {"maml": frame}, ("sine", ""): {"maml": frame.iloc[:, :0]},
+              ("digits", ""): {}}  # sine has no accuracy: no panel for it, nor for digits
+    plots.learning_curves(curves, plots.method_styles({"maml": ("maml", "mean", False)}), "acc",
+                          tmp_path / "x.png")
+    visible = [ax for ax in figs[0].axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in visible] == ["linear-binary"]
+
+
+def test_curve_y_limits_keep_the_first_evaluation():
+    import matplotlib.pyplot as plt
+
+    from gabench.reporting._plots import _fit_ylim
+
+    fig, ax = plt.subplots()
+    _fit_ylim(ax, [np.array([3.0, 1.0, 0.9, 0.85])])  # untrained step 0 far above the rest
+    lo, hi = ax.get_ylim()
+    assert lo < 0.85 and hi > 3.0
+    _fit_ylim(ax, [np.array([40.0, 1.0, 0.5])])  # a factor of 80: log axis, nothing cut off
+    assert ax.get_yscale() == "log" and ax.get_ylim()[0] < 0.5 and ax.get_ylim()[1] > 40.0
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- bad input
+def _one_line_error(capsys, argv: list[str], *needles: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_one_method_is_a_one_line_error(tmp_path, capsys):
+    src = fake_study(tmp_path / "runs", methods={"maml": ("maml", "mean")})
+    with pytest.raises(ConfigError, match="at least two methods"):
+        load_tables(src)
+    _one_line_error(capsys, ["report", str(src), "--reports-root", str(tmp_path / "r")],
+                    "at least two methods")
+    assert not (tmp_path / "r").exists()
+
+
+def test_mismatched_seeds_are_a_one_line_error_unless_recorded_as_failed(tmp_path, capsys):
+    src = fake_study(tmp_path / "runs", seed_sets={"maml": [0, 1, 2], "maml+ga": [0, 1]})
+    _one_line_error(capsys, ["report", str(src), "--reports-root", str(tmp_path / "r")],
+                    "same seeds", "'maml+ga'", "[0, 1]")
+    failed = {f"{f}__maml+ga__s2": "diverged" for f in ("linear-binary", "sine")}
+    (src / "failed.json").write_text(json.dumps(failed))
+    text, comp = _report(src, tmp_path / "rep")
+    assert (comp["n_seeds"] == 2).all() and "## Failed runs" in text
+
+
+def test_corrupt_tables_are_one_line_errors(tmp_path, capsys):
+    src = fake_study(tmp_path / "runs")
+    data = build_report(load_tables(src), tmp_path / "rep", "x").parent / "data"
+    good = (src / "results.parquet").read_bytes()
+    (src / "results.parquet").write_bytes(good[: len(good) // 2])  # truncated
+    _one_line_error(capsys, ["report", str(src)], "results.parquet", "readable parquet")
+    (src / "results.parquet").write_bytes(good)
+    (src / "study.json").write_text('{"name": "fake", ')
+    _one_line_error(capsys, ["report", str(src)], "study.json", "valid JSON")
+    good = (data / "test.parquet").read_bytes()
+    (data / "test.parquet").write_bytes(b"not a parquet file")
+    _one_line_error(capsys, ["report", str(data)], "test.parquet", "readable parquet")
+    (data / "test.parquet").write_bytes(good)
+    (data / "curves.parquet").unlink()
+    _one_line_error(capsys, ["report", str(data)], "curves.parquet is missing")
+
+
+def test_report_of_nothing_is_a_one_line_error(tmp_path, capsys):
+    _one_line_error(capsys, ["report", "absent", "--runs-root", str(tmp_path)], "source='absent'")
 
 
 def test_interval_formatting():
@@ -91,7 +288,7 @@ def test_interval_formatting():
     assert fmt_interval(Interval(float("nan"), float("nan"), float("nan"), 0)) == "–"
 
 
-# --------------------------------------------------------------------------- a report
+# --------------------------------------------------------------------------- a real tiny study
 TINY = """
 name = "tiny-report"
 seeds = 2
@@ -121,7 +318,7 @@ def tiny_runs(tmp_path_factory):
     return root
 
 
-def test_report_has_ci_tables_paired_differences_and_figures(tiny_runs, capsys):
+def test_report_of_a_tiny_study(tiny_runs):
     root = tiny_runs
     code = main(["report", "tiny-report", "--runs-root", str(root / "runs"),
                  "--reports-root", str(root / "reports")])
@@ -130,24 +327,16 @@ def test_report_has_ci_tables_paired_differences_and_figures(tiny_runs, capsys):
     text = (out / "README.md").read_text()
     assert "gabench report tiny-report --runs-root" in text  # the command that regenerates it
     assert re.search(r"git commit `[^`]+`", text) and "gabench 0." in text
-    for section in ("## Findings (as measured)", "## Meta-test results", "### `loss_post`",
-                    "### `acc_post`", "## Does GA help? Paired differences GA minus its baseline",
-                    "## Learning curves", "## Task weights", "## Outlier tasks", "## Wall-clock"):
-        assert section in text, section
     table = text.split("### `loss_post`")[1].split("###")[0]
     assert "| `maml` |" in table and "| `maml+ga` |" in table
     assert "linear-binary<br>outlier_fraction=0.5" in table
     assert len(re.findall(r"-?\d+\.\d+ \[-?\d+\.\d+, -?\d+\.\d+\]", table)) == 2 * 2  # mean [CI] cells
-    diff = text.split("## Does GA help?")[1]
-    assert "`maml+ga` - `maml`" in diff and "P=" in diff
-    assert "too few to resolve" in text  # 2 seeds: no difference is called resolved
-    flat = text.split("### Have the curves flattened?")[1].split("\n## ")[0]
-    assert "| `maml` |" in flat and re.search(r"-?\d+%", flat)
+    assert "Too few seeds" in text
+    comp = pd.read_csv(out / "comparisons.csv")
+    assert list(comp.columns) == COMPARISON_COLUMNS and len(comp) == 2 * 4  # 2 cells x 4 metrics
+    assert ((comp["verdict"] == "unresolved") == ~(comp["p_holm"] < 0.05)).all()
     outliers = text.split("## Outlier tasks")[1].split("\n## ")[0]
     assert "| corrupted tasks per meta-training batch | 2 of 4 |" in outliers  # round(0.5 * 4)
-    for png in ("curves_loss_post.png", "paired_loss_post.png", "weights_hist.png", "outlier_weights.png"):
-        assert (out / png).stat().st_size > 1000, png
-        assert f"]({png})" in text
     assert main(["report", "tiny-report", "--runs-root", str(root / "runs"),
                  "--reports-root", str(root / "reports2")]) == 0
     again = root / "reports2" / "tiny-report" / "README.md"
@@ -164,9 +353,3 @@ def test_report_of_a_directory_of_plain_runs(tmp_path):
     path = report_study(tmp_path / "runs", reports_root=tmp_path / "reports")
     text = path.read_text()
     assert path.parent.name == "runs" and "`maml+ga` - `maml`" in text
-
-
-def test_report_of_nothing_is_a_one_line_error(tmp_path, capsys):
-    assert main(["report", "absent", "--runs-root", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "source='absent'" in err

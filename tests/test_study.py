@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from gabench.cli import main
+from gabench.commands import main
 from gabench.study import StudyError, Tuned, load_study
 
 BASE = """
@@ -130,10 +130,15 @@ def test_tuned_with_a_real_optuna_storage(tmp_path):
 
 ERRORS = [
     ("colour = 1", "colour", "unknown key"),
-    ("seeds = 0", "seeds", "count >= 1"),
+    ("seeds = 0", "seeds", "count in [1, 10000]"),
+    ("seeds = 9223372036854775807", "seeds", "count in [1, 10000]"),
     ("seeds = [1, 1]", "seeds", "distinct"),
-    ('seeds = [0, "a"]', "seeds[1]", "integer >= 0"),
+    ('seeds = [0, "a"]', "seeds[1]", "integer in [0, 9223372036854775807]"),
+    ("seeds = [0, -1]", "seeds[1]", "integer in [0, 9223372036854775807]"),
     ('[defaults]\nsteps = "many"', "defaults.steps", "expected an integer, got a string"),
+    ("[defaults]\nsteps = 1_000_000_000_000_000", "defaults.steps", "steps=1000000000000000"),
+    ("[defaults]\nval_tasks = 10_000_000_000", "defaults.val_tasks", "an integer in [1, 1000000]"),
+    ("[defaults]\nbeta = 1e300", "defaults.beta", "<= 1000"),
     ("[defaults]\nfamily = 'sine'", "defaults.family", "unknown key"),
     ("[families.nope]", "families.nope", "unknown family 'nope'"),
     ("[families.x]\nfamily = 'sine'\nwidth = 3", "families.x.width", "unknown key"),
@@ -148,6 +153,8 @@ ERRORS = [
      "not a family of this study"),
     ("[methods.bad]\nalgorithm = 'maml'\ntuned = { storage = 'sqlite:///a.db' }", "methods.bad.tuned.study",
      "missing"),
+    ("[methods.bad]\nalgorithm = 'maml'\ntuned = { storage = 's', study = '{family.__class__}' }",
+     "methods.bad.tuned.study", "only {family} and {method}"),
     ("[methods.bad]\nalgorithm = 'maml'\nalpha = 0.1\ntuned = { storage = 's', study = 't' }",
      "methods.bad.alpha", "keep one"),
     ("[methods.bad]\nalgorithm = 'maml'\naggregator = 'ga'\nbaseline = 'nope'", "methods.bad.baseline",

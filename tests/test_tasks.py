@@ -11,10 +11,10 @@ import torch
 from gabench import ConfigError
 from gabench.tasks import (
     FAMILIES,
-    BookBinary,
     Digits,
     OutlierTasks,
     Sine,
+    TextbookBinary,
     init_generator,
     make_family,
     task_rng,
@@ -28,7 +28,7 @@ class TestFamilyContract:
     def test_shapes_and_dtypes(self, name):
         fam = FAMILIES[name]()
         b = fam.sample(3, "train", task_rng(0, name, "train"))
-        per = fam.ways if fam.task_type == "classification" and not isinstance(fam, BookBinary) \
+        per = fam.ways if fam.task_type == "classification" and not isinstance(fam, TextbookBinary) \
             and name != "linear-binary" else 1
         assert b.support_x.shape[:2] == (3, fam.shots * per)
         assert b.query_x.shape[:2] == (3, fam.query_shots * per)
@@ -83,8 +83,8 @@ class TestFamilyContract:
 
 
 def test_book_binary_is_the_textbook_sampler():
-    fam = BookBinary()
-    b = fam.sample(400, "train", task_rng(0, "book-binary", "train"))
+    fam = TextbookBinary()
+    b = fam.sample(400, "train", task_rng(0, "textbook-binary", "train"))
     assert b.support_x.shape == (400, 10, 50)
     assert b.support_x.min() >= 0 and b.support_x.max() < 1
     y = b.support_y.double()
@@ -95,7 +95,7 @@ def test_book_binary_is_the_textbook_sampler():
     yc = y.reshape(-1) - y.mean()
     corr = (x - x.mean(0)).T @ yc / (x.std(0) * yc.std() * yc.numel())
     assert corr.abs().max() < 4 / math.sqrt(yc.numel())
-    model = fam.make_model(init_generator(0, "book-binary"))
+    model = fam.make_model(init_generator(0, "textbook-binary"))
     assert [p.shape for p in model.parameters()] == [torch.Size([50, 1])]  # no bias
     assert 0.5 < model.theta.std().item() < 1.5  # N(0, 1)
 

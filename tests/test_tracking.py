@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gabench.cli import main
+from gabench.commands import main
 
 FAST = ["--meta-batch", "3", "--test-tasks", "8", "--val-tasks", "4", "--no-progress"]
 

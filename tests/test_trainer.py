@@ -40,8 +40,8 @@ class TestAlgorithmContract:
     def test_run_is_deterministic(self, algorithm, first_order, aggregator):
         cfg = RunConfig(family="linear-binary", algorithm=algorithm, first_order=first_order,
                         aggregator=aggregator, **SMALL)
-        a = Trainer.from_config(cfg, progress=False).fit()
-        b = Trainer.from_config(cfg, progress=False).fit()
+        a = Trainer(cfg, progress=False).fit()
+        b = Trainer(cfg, progress=False).fit()
         drop = lambda df: df[df.metric != "wall_seconds"].reset_index(drop=True)  # noqa: E731
         pd.testing.assert_frame_equal(drop(a.results), drop(b.results))
         pd.testing.assert_frame_equal(a.weights, b.weights)
@@ -55,7 +55,7 @@ def test_result_tables():
         def on_eval(self, step, split, summary):
             seen.append((step, split, sorted(summary)))
 
-    r = Trainer.from_config(cfg, callbacks=[Record()], progress=False).fit()
+    r = Trainer(cfg, callbacks=[Record()], progress=False).fit()
     assert list(r.results.columns) == list(RESULT_COLUMNS)
     assert list(r.weights.columns) == list(WEIGHT_COLUMNS)
     res = r.results
@@ -78,8 +78,8 @@ def test_result_tables():
 
 
 def test_regression_has_no_accuracy_and_test_set_is_paired():
-    a = Trainer.from_config(RunConfig(family="sine", **SMALL), progress=False)
-    b = Trainer.from_config(RunConfig(family="sine", algorithm="reptile", aggregator="ga",
+    a = Trainer(RunConfig(family="sine", **SMALL), progress=False)
+    b = Trainer(RunConfig(family="sine", algorithm="reptile", aggregator="ga",
                                       **SMALL), progress=False)
     ta, tb = a._eval_batches("test", 10), b._eval_batches("test", 10)
     assert torch.equal(ta[0].support_x, tb[0].support_x)  # same held-out tasks for both methods
@@ -88,7 +88,7 @@ def test_regression_has_no_accuracy_and_test_set_is_paired():
 
 
 def test_meta_test_tasks_default_to_600():
-    tr = Trainer.from_config(RunConfig(family="linear-binary", steps=0), progress=False)
+    tr = Trainer(RunConfig(family="linear-binary", steps=0), progress=False)
     assert tr.test_tasks == 600
     r = tr.fit()
     assert r.test["acc_post"].n == 600
@@ -98,7 +98,7 @@ def test_divergence_is_reported():
     cfg = RunConfig(family="sine", alpha=50.0, beta=10.0, optimizer="sgd", steps=60,
                     meta_batch=4, test_tasks=5)
     with pytest.raises(DivergedError, match="diverged"):
-        Trainer.from_config(cfg, progress=False).fit()
+        Trainer(cfg, progress=False).fit()
 
 
 def test_train_metrics_reach_callbacks_in_blocks():
@@ -109,7 +109,107 @@ def test_train_metrics_reach_callbacks_in_blocks():
             blocks.append((steps.tolist(), len(metrics["query_loss"])))
 
     cfg = RunConfig(family="sine", steps=7, meta_batch=3, test_tasks=4)
-    tr = Trainer.from_config(cfg, callbacks=[Record()], progress=False)
+    tr = Trainer(cfg, callbacks=[Record()], progress=False)
     tr.log_every = 3
     tr.fit()
     assert [b[0] for b in blocks] == [[1, 2, 3], [4, 5, 6], [7]]
+
+
+class RecordFail(Callback):
+    def __init__(self) -> None:
+        self.failed: list[BaseException] = []
+        self.ended = False
+
+    def on_fail(self, exc):
+        self.failed.append(exc)
+
+    def on_end(self, result):
+        self.ended = True
+
+
+def test_on_fail_gets_divergence_and_the_error_is_reraised():
+    cfg = RunConfig(family="sine", alpha=50.0, beta=10.0, optimizer="sgd", steps=60,
+                    meta_batch=4, test_tasks=5)
+    record = RecordFail()
+    with pytest.raises(DivergedError) as info:
+        Trainer(cfg, [record], progress=False).fit()
+    assert record.failed == [info.value] and not record.ended
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_on_fail_gets_what_a_callback_raised_and_a_broken_on_fail_changes_nothing(error):
+    class Stop(Callback):
+        def on_eval(self, step, split, summary):
+            raise error("stop")
+
+    class Broken(Callback):
+        def on_fail(self, exc):
+            raise ValueError("a failing failure hook")
+
+    record = RecordFail()
+    cfg = RunConfig(family="sine", steps=4, meta_batch=3, eval_every=2, val_tasks=3, test_tasks=3)
+    with pytest.raises(error, match="stop"), pytest.warns(RuntimeWarning, match="Broken.on_fail failed"):
+        Trainer(cfg, [Broken(), Stop(), record], progress=False).fit()
+    assert len(record.failed) == 1 and isinstance(record.failed[0], error)
+
+
+def test_success_calls_no_on_fail():
+    record = RecordFail()
+    Trainer(RunConfig(family="sine", steps=2, meta_batch=3, test_tasks=3), [record], progress=False).fit()
+    assert record.ended and record.failed == []
+
+
+def test_plug_in_instances_replace_the_registry_names():
+    """A family, algorithm and aggregator given as instances run exactly as the registry's would."""
+    from gabench.aggregators import GradientAgreement
+    from gabench.algorithms import Reptile
+
+    cfg = RunConfig(family="sine", algorithm="reptile", aggregator="ga", alpha=0.02, inner_steps=2,
+                    outlier_fraction=0.34, **SMALL)
+    by_name = Trainer(cfg, progress=False)
+    given = Trainer(RunConfig(alpha=0.02, inner_steps=2, outlier_fraction=0.34, **SMALL), progress=False,
+                    family=Sine(), algorithm=Reptile(0.02, 2), aggregator=GradientAgreement())
+    assert given.run_info == by_name.run_info and given.config == by_name.config
+    a, b = by_name.fit(), given.fit()
+    drop = lambda df: df[df.metric != "wall_seconds"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(drop(a.results), drop(b.results))
+    pd.testing.assert_frame_equal(a.weights, b.weights)
+
+
+def test_a_plug_in_family_need_not_be_registered():
+    class MySine(Sine):
+        name = "my-sine"
+        default_alpha = 0.03
+
+    tr = Trainer(RunConfig(steps=2, meta_batch=3, test_tasks=3), family=MySine(), progress=False)
+    assert tr.run_info["family"] == "my-sine" and tr.config["family"] == "my-sine"
+    assert tr.config["alpha"] == 0.03 == tr.algorithm.alpha
+    assert tr.fit().test["loss_post"].n == 3
+
+
+def test_the_mlflow_tracker_records_a_failure_through_on_fail(tmp_path):
+    """One place records a failed run: the trainer calls on_fail, the tracker marks its MLflow run."""
+    from mlflow import MlflowClient
+
+    from gabench.tracking import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    diverging = RunConfig(family="sine", alpha=50.0, beta=10.0, optimizer="sgd", steps=60, meta_batch=4,
+                          test_tasks=5)
+    failed = MLflowTracker(uri, "t")
+    with pytest.raises(DivergedError):
+        Trainer(diverging, [failed], progress=False).fit()
+
+    class Interrupt(Callback):
+        def on_train_log(self, steps, metrics):
+            raise KeyboardInterrupt
+
+    killed = MLflowTracker(uri, "t")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(RunConfig(family="sine", steps=3, meta_batch=3, test_tasks=3), [killed, Interrupt()],
+                progress=False).fit()
+    client = MlflowClient(uri)
+    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("t").experiment_id])}
+    assert runs[failed.run_id].info.status == "FAILED"
+    assert runs[failed.run_id].data.tags["failure_reason"].startswith("DivergedError: training diverged")
+    assert runs[killed.run_id].info.status == "KILLED"

@@ -10,7 +10,7 @@ import sys
 import optuna
 import pytest
 
-from gabench.cli import main
+from gabench.commands import main
 from gabench.tuning import make_storage
 
 BASE = ["--family", "sine", "--steps", "12", "--eval-every", "4", "--meta-batch", "3",
@@ -67,7 +67,7 @@ def test_diverging_trials_are_pruned_with_a_reason_and_the_study_goes_on(tmp_pat
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 's.db'}"
     assert main(["tune", *BASE, "--storage", storage, "--study-name", "div", "--no-tracking",
-                 "--trials", "3", "--alpha-range", "1e6", "1e8", "--optimizer", "sgd"]) == 0
+                 "--trials", "3", "--alpha-range", "100", "1000", "--optimizer", "sgd"]) == 0
     study = load(storage, "div")
     assert states(study) == ["PRUNED"] * 3
     assert all("diverged" in t.user_attrs["reason"] for t in study.trials)
@@ -97,6 +97,8 @@ def test_two_local_workers_share_one_journal_study(tmp_path, monkeypatch):
     (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "u:***@127.0.0.1"),
     (["--trials", "0"], "--trials=0"),
     (["--alpha-range", "1", "0.1"], "--alpha-range"),
+    (["--alpha-range", "1e6", "1e8"], "--alpha-range"),
+    (["--beta-range", "0.1", "1e300"], "--beta-range"),
     (["--objective", "acc"], "--objective='acc'"),
     (["--methods", "maml,sgd+ga"], "--methods='sgd+ga'"),
 ])

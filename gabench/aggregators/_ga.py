@@ -43,7 +43,7 @@ class GradientAgreement(Aggregator):
         return _normalise(s, torch.linalg.vector_norm(s, ord=1), G)
 
 
-class GradientAgreementBook(Aggregator):
+class GradientAgreementTextbook(Aggregator):
     """Gradient agreement with the textbook's normalisation, kept for the record.
 
     ``w_i = sum_j <g_i, g_j> / sum_i sum_j |<g_i, g_j>|``: equal to the paper's weights when no
@@ -52,10 +52,10 @@ class GradientAgreementBook(Aggregator):
 
     References:
         S. Ravichandiran, "Hands-On Meta Learning with Python", Packt 2018, chapter 8 (known
-        defect 1 in gabench's ALGORITHM.md).
+        defect 1 in docs/textbook.md).
     """
 
-    name = "ga-book"
+    name = "ga-textbook"
     description = "Gradient agreement with the textbook's normalisation sum_ij |<g_i,g_j>| (for the record)"
 
     def weights(self, G: torch.Tensor) -> torch.Tensor:

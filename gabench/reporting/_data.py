@@ -1,29 +1,67 @@
-"""Loading result tables for a report: a study directory, or a directory of plain runs."""
+"""The data a report is built from: result tables read from disk, reduced to per-seed summaries.
+
+Two kinds of source give the same :class:`ReportData`:
+
+- result tables (``results.parquet`` + ``weights.parquet`` of a study directory, or of every run
+  below a directory), reduced by :func:`summarise`;
+- the ``data/`` directory a report writes beside its README (:meth:`ReportData.write`), so that a
+  report regenerates without the runs (``gabench report reports/<study>/data``).
+
+The summaries (a few MB for a whole study) are tidy tables, one row per observation:
+
+==================  ===========================================================================
+``runs``            one row per run: run, family, family_label, setting, method, algorithm,
+                    aggregator, first_order, seed, outlier_fraction, corrupted_per_batch
+``test``            run, select, metric, value: meta-test metrics of the final iterate
+                    (``select = "final"``) and of the parameters at the best meta-validation
+                    step (``select = "best_val"``, when the runs recorded it)
+``curves``          run, split, metric, step, value: meta-validation curves (or, for runs
+                    without meta-validation, the meta-training query loss averaged over bins of
+                    steps)
+``run_stats``       run, metric, value: wall_seconds, w_frac_negative and w_eff_frac (means over
+                    meta-training steps), auc and auc_late (outlier runs)
+``weight_hist``     run, bin, count: histogram of relative weights ``T w_i`` on
+                    :data:`HIST_EDGES` (bin 0 = below the first edge, last bin = above the last)
+``outlier_weights`` run, step, corrupted, rel: mean relative weight of corrupted and clean tasks
+                    over bins of meta-training steps
+==================  ===========================================================================
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from gabench._errors import ConfigError
+from gabench.reporting._stats import roc_auc_rows
 
 #: Metrics where a lower value is better (everything else reported is higher-is-better).
 LOWER_IS_BETTER = ("loss_pre", "loss_post", "support_loss", "query_loss", "wall_seconds")
+#: Edges of the relative-weight histogram (values outside fall into the two edge bins).
+HIST_EDGES = np.round(np.linspace(-2.0, 4.0, 121), 6)
+#: Curves and outlier-weight traces keep at most this many bins of meta-training steps.
+STEP_BINS = 50
+#: Format tag of a report's ``data/`` directory.
+DATA_FORMAT = "gabench-report-data/1"
+_TABLES = ("runs", "test", "curves", "run_stats", "weight_hist", "outlier_weights")
+_RUN_COLUMNS = ["run", "family", "family_label", "setting", "method", "algorithm", "aggregator",
+                "first_order", "seed", "outlier_fraction"]
 
 
 @dataclass
 class StudyTables:
-    """The result tables of one study (or of a directory of runs).
+    """The raw result tables of one study (or of a directory of runs).
 
     Attributes:
         name: Study name (the report goes to ``reports/<name>/``).
         source: The directory the tables were read from.
-        results: Long table (``RESULT_COLUMNS`` plus ``study``, ``family_label``, ``setting``).
+        results: Long table (``RESULT_COLUMNS`` plus ``study``, ``family_label``, ``setting``,
+            ``select``).
         weights: Long table ``run, step, task, corrupted, weight``.
         meta: ``study.json`` (plan, pairs, provenance), or ``{}`` for plain runs.
         failures: Run id -> reason, for runs that stopped.
@@ -38,18 +76,37 @@ class StudyTables:
     failures: dict[str, str] = field(default_factory=dict)
     extra: dict[str, pd.DataFrame] = field(default_factory=dict)
 
-    @cached_property
-    def run_table(self) -> pd.DataFrame:
-        """One row per run: run, family, family_label, setting, method, algorithm, aggregator,
-        first_order, seed (in the order of the results table)."""
-        cols = ["run", "family", "family_label", "setting", "method", "algorithm", "aggregator",
-                "first_order", "seed"]
-        return self.results.drop_duplicates("run")[cols].reset_index(drop=True)
 
+@dataclass
+class ReportData:
+    """Per-seed summaries of a study: everything a report reads (see the module docstring).
+
+    Attributes:
+        name: Study name.
+        source: Where the summaries were made from (a results directory or a ``data/`` directory).
+        runs, test, curves, run_stats, weight_hist, outlier_weights: The tidy tables.
+        meta: ``study.json`` of the study (``{}`` for plain runs).
+        failures: Run id -> reason, for runs that stopped.
+        extra: Other tables (``textbook``), copied as they are.
+    """
+
+    name: str
+    source: Path
+    runs: pd.DataFrame
+    test: pd.DataFrame
+    curves: pd.DataFrame
+    run_stats: pd.DataFrame
+    weight_hist: pd.DataFrame
+    outlier_weights: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ plan
     @property
     def cells(self) -> list[tuple[str, str]]:
         """``(family_label, setting)`` in plan order (families, then settings as first seen)."""
-        runs = self.run_table
+        runs = self.runs
         order = self.meta.get("families") or list(dict.fromkeys(runs["family_label"]))
         seen = list(dict.fromkeys(zip(runs["family_label"], runs["setting"], strict=True)))
         rank = {f: i for i, f in enumerate(order)}
@@ -59,12 +116,19 @@ class StudyTables:
     def methods(self) -> list[str]:
         """Method labels in plan order."""
         planned = list(self.meta.get("methods", {}))
-        present = list(dict.fromkeys(self.run_table["method"]))
+        present = list(dict.fromkeys(self.runs["method"]))
         return [m for m in planned if m in present] + [m for m in present if m not in planned]
 
     @property
+    def method_info(self) -> dict[str, tuple[str, str, bool]]:
+        """Method label -> (algorithm, aggregator, first_order)."""
+        first = self.runs.drop_duplicates("method").set_index("method")
+        return {m: (str(first.at[m, "algorithm"]), str(first.at[m, "aggregator"]),
+                    bool(first.at[m, "first_order"])) for m in self.methods}
+
+    @property
     def pairs(self) -> dict[str, str]:
-        """GA-style method -> its baseline, both present in the results."""
+        """Compared method -> its baseline (same algorithm with uniform weights), both present."""
         if "pairs" in self.meta:
             pairs = dict(self.meta["pairs"])
         else:
@@ -80,25 +144,39 @@ class StudyTables:
         return {k: v for k, v in pairs.items() if k in present and v in present}
 
     @property
-    def method_info(self) -> dict[str, tuple[str, str, bool]]:
-        """Method label -> (algorithm, aggregator, first_order)."""
-        first = self.run_table.drop_duplicates("method").set_index("method")
-        return {m: (str(first.at[m, "algorithm"]), str(first.at[m, "aggregator"]),
-                    bool(first.at[m, "first_order"])) for m in self.methods}
+    def selections(self) -> list[str]:
+        """Model selections present in ``test``: ``best_val`` first (the primary one) when present."""
+        present = set(self.test["select"])
+        return [s for s in ("best_val", "final") if s in present] + sorted(present - {"best_val", "final"})
 
-    def runs_per_cell(self) -> pd.DataFrame:
-        """One row per run: run, family_label, setting, method, seed."""
-        return self.run_table[["run", "family_label", "setting", "method", "seed"]]
+    # ------------------------------------------------------------------ disk
+    def write(self, directory: str | Path) -> Path:
+        """Write the summaries to ``directory`` (parquet tables + JSON); returns the directory."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in _TABLES:
+            getattr(self, name).to_parquet(out / f"{name}.parquet", index=False)
+        for name, table in self.extra.items():
+            table.to_parquet(out / f"{name}.parquet", index=False)
+        (out / "study.json").write_text(json.dumps(self.meta, indent=1, default=str) + "\n")
+        (out / "failed.json").write_text(json.dumps(self.failures, indent=1) + "\n")
+        info = {"format": DATA_FORMAT, "name": self.name, "extra": sorted(self.extra)}
+        (out / "data.json").write_text(json.dumps(info, indent=1) + "\n")
+        return out
 
 
+# ---------------------------------------------------------------------------- sources
 def resolve_source(source: str | Path, runs_root: str | Path = "runs") -> Path:
-    """The directory of result tables that ``source`` names.
+    """The directory that ``source`` names.
 
-    ``source`` may be a directory (a study directory or a directory of runs), a study name
-    (``quick`` -> ``<runs_root>/quick``) or a study file (``studies/quick.toml`` -> its name).
+    ``source`` may be a directory (a study directory, a directory of runs, a report's ``data/``
+    directory or the report directory holding it), a study name (``quick`` ->
+    ``<runs_root>/quick``) or a study file (``studies/quick.toml`` -> its name).
     """
     path = Path(source)
     if path.is_dir():
+        if (path / "data" / "data.json").is_file() and not (path / "results.parquet").is_file():
+            return path / "data"
         return path
     if path.suffix == ".toml":
         from gabench.study import load_study
@@ -108,43 +186,196 @@ def resolve_source(source: str | Path, runs_root: str | Path = "runs") -> Path:
     if candidate.is_dir():
         return candidate
     raise ConfigError("source", str(source),
-                      f"a study directory, a study name with results under {runs_root}/, or a study "
-                      "file (run `gabench compare studies/NAME.toml` first)")
+                      f"a study directory, a study name with results under {runs_root}/, a report's data/ "
+                      "directory, or a study file (run `gabench compare studies/NAME.toml` first)")
 
 
-def load_tables(source: str | Path, runs_root: str | Path = "runs") -> StudyTables:
-    """Read the result tables of a study directory (or of every run below a directory).
+def load_tables(source: str | Path, runs_root: str | Path = "runs") -> ReportData:
+    """The :class:`ReportData` of ``source``: read from a ``data/`` directory, or summarised from runs.
 
     Raises:
-        ConfigError: nothing to report in ``source``.
+        ConfigError: nothing to report, an unreadable table or JSON file, a single method, or a
+            method and its baseline with different seeds (one line naming the problem).
     """
     path = resolve_source(source, runs_root)
+    if (path / "data.json").is_file():
+        data = read_report_data(path)
+    else:
+        data = summarise(read_raw_tables(path, source))
+    check_report_data(data)
+    return data
+
+
+def read_raw_tables(path: Path, source: str | Path | None = None) -> StudyTables:
+    """Read ``results.parquet`` (and ``weights.parquet``) of a study directory or of every run below it."""
+    src = str(source if source is not None else path)
     meta = _read_json(path / "study.json", {})
     failures = _read_json(path / "failed.json", {})
     if (path / "results.parquet").is_file():
-        results = pd.read_parquet(path / "results.parquet")
+        results = _read_parquet(path / "results.parquet")
         weights_file = path / "weights.parquet"
-        weights = pd.read_parquet(weights_file) if weights_file.is_file() else pd.DataFrame(
-            columns=["run", "step", "task", "corrupted", "weight"])
+        weights = _read_parquet(weights_file) if weights_file.is_file() else _empty_weights()
     else:
         found = sorted(p.parent for p in path.glob("*/results.parquet"))
         if not found:
-            raise ConfigError("source", str(source),
-                              f"a directory with results.parquet or run directories ({path} has neither)")
-        results = pd.concat([pd.read_parquet(p / "results.parquet") for p in found], ignore_index=True)
-        weights = pd.concat([pd.read_parquet(p / "weights.parquet") for p in found
-                             if (p / "weights.parquet").is_file()], ignore_index=True)
+            raise ConfigError("source", src,
+                              f"a directory with results.parquet, run directories or data.json ({path} has "
+                              "none)")
+        results = pd.concat([_read_parquet(p / "results.parquet") for p in found], ignore_index=True)
+        ws = [_read_parquet(p / "weights.parquet") for p in found if (p / "weights.parquet").is_file()]
+        weights = pd.concat(ws, ignore_index=True) if ws else _empty_weights()
     if results.empty:
-        raise ConfigError("source", str(source), f"a directory with finished runs ({path} has none yet)")
+        raise ConfigError("source", src, f"a directory with finished runs ({path} has none yet)")
+    missing = [c for c in ("run", "method", "seed", "split", "metric", "value") if c not in results]
+    if missing:
+        raise ConfigError("source", src, f"result tables with the columns of gabench runs ({path} lacks "
+                          f"{', '.join(missing)})")
     results = _with_study_columns(results, meta.get("name", path.name))
     extra = {}
     if (path / "textbook.parquet").is_file():
-        extra["textbook"] = pd.read_parquet(path / "textbook.parquet")
+        extra["textbook"] = _read_parquet(path / "textbook.parquet")
     return StudyTables(meta.get("name", path.name), path, results, weights, meta, failures, extra)
 
 
+def read_report_data(path: str | Path) -> ReportData:
+    """Read a report's ``data/`` directory written by :meth:`ReportData.write`."""
+    path = Path(path)
+    info = _read_json(path / "data.json", {})
+    if info.get("format") != DATA_FORMAT:
+        raise ConfigError("source", str(path), f"a data directory of format {DATA_FORMAT!r} (data.json says "
+                          f"{info.get('format')!r})")
+    tables = {}
+    for name in _TABLES:
+        file = path / f"{name}.parquet"
+        if not file.is_file():
+            raise ConfigError("source", str(path), f"a complete report data directory ({name}.parquet is "
+                              "missing)")
+        tables[name] = _read_parquet(file)
+    extra = {name: _read_parquet(path / f"{name}.parquet") for name in info.get("extra", [])}
+    return ReportData(info.get("name", path.parent.name), path, meta=_read_json(path / "study.json", {}),
+                      failures=_read_json(path / "failed.json", {}), extra=extra, **tables)
+
+
+def check_report_data(data: ReportData) -> None:
+    """Refuse what no comparison can be made from.
+
+    Raises:
+        ConfigError: only one method; or, in some cell, a compared method and its baseline ran
+            different seeds and the missing runs are not recorded as failed.
+    """
+    methods = data.methods
+    if len(methods) < 2:
+        raise ConfigError("source", str(data.source),
+                          f"results of at least two methods to compare (found only {methods[0]!r})")
+    failed = set(data.failures)
+    runs = data.runs
+    for method, base in data.pairs.items():
+        for (f, s), part in runs[runs["method"].isin([method, base])].groupby(["family_label", "setting"],
+                                                                             sort=False):
+            seeds = {m: set(g["seed"]) for m, g in part.groupby("method")}
+            a, b = seeds.get(method, set()), seeds.get(base, set())
+            missing = [(base, s_) for s_ in a - b] + [(method, s_) for s_ in b - a]
+            if any(not _recorded_failed(failed, f, m, s_) for m, s_ in missing):
+                where = f"{f}" + (f" ({s})" if s else "")
+                raise ConfigError("source", str(data.source),
+                                  f"the same seeds for {method!r} and its baseline {base!r} on {where} "
+                                  f"(found {sorted(a)} and {sorted(b)}; missing runs not in failed.json)")
+
+
+def _recorded_failed(failed: set[str], family: str, method: str, seed: int) -> bool:
+    """A run of ``family x method x seed`` is listed as failed (study run ids start with
+    ``family__method__s<seed>``)."""
+    prefix = f"{family}__{method}__s{seed}"
+    return any(r == prefix or r.startswith(prefix + "__") for r in failed)
+
+
+# ---------------------------------------------------------------------------- summarising
+def summarise(raw: StudyTables) -> ReportData:
+    """Reduce raw result tables to the per-seed summaries of a report (see the module docstring)."""
+    res = raw.results
+    runs = res.drop_duplicates("run")[_RUN_COLUMNS].reset_index(drop=True)
+    runs["seed"] = runs["seed"].astype(int)
+    runs["first_order"] = runs["first_order"].astype(bool)
+    runs["outlier_fraction"] = runs["outlier_fraction"].astype(float)
+
+    test = res.loc[res["split"] == "test", ["run", "select", "metric", "value"]].reset_index(drop=True)
+
+    val = res[res["split"] == "val"]
+    if not val.empty:
+        curves = val[["run", "split", "metric", "step", "value"]]
+    else:
+        tr = res[(res["split"] == "train") & (res["metric"] == "query_loss")]
+        curves = _binned(tr, ["run", "split", "metric"], "value")
+    curves = curves.sort_values(["run", "metric", "step"], kind="stable").reset_index(drop=True)
+
+    train = res[res["split"] == "train"]
+    stats = []
+    wall = train[train["metric"] == "wall_seconds"]
+    stats.append(wall.drop_duplicates("run", keep="last")[["run", "value"]].assign(metric="wall_seconds"))
+    for metric, name in (("w_frac_negative", "w_frac_negative"), ("w_eff_n", "w_eff_frac")):
+        part = train[train["metric"] == metric]
+        if part.empty:
+            continue
+        value = part["value"] / part["n"].astype(float) if metric == "w_eff_n" else part["value"]
+        stats.append(value.groupby(part["run"]).mean().rename("value").reset_index().assign(metric=name))
+
+    weighted = set(runs.loc[runs["aggregator"] != "mean", "run"])
+    w = raw.weights[raw.weights["run"].isin(weighted)]
+    hist, outlier_w, auc, counts = _weight_summaries(w)
+    stats += auc
+    run_stats = pd.concat(stats, ignore_index=True)[["run", "metric", "value"]]
+    runs["corrupted_per_batch"] = [counts.get(str(r), "") for r in runs["run"]]
+    return ReportData(raw.name, raw.source, runs, test, curves, run_stats, hist, outlier_w,
+                      raw.meta, raw.failures, raw.extra)
+
+
+def _binned(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    """Mean of ``value`` (and of ``step``) over consecutive bins of steps, at most STEP_BINS per group."""
+    if frame.empty:
+        return frame.assign(step=pd.Series(dtype=float))[[*keys, "step", value]]
+    last = frame.groupby(keys, sort=False)["step"].transform("max")
+    width = np.maximum(1, last // STEP_BINS)
+    b = (frame["step"] - 1) // width
+    out = frame.assign(_bin=b).groupby([*keys, "_bin"], sort=False)[["step", value]].mean().reset_index()
+    return out.drop(columns="_bin")
+
+
+def _weight_summaries(w: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[pd.DataFrame],
+                                                dict[str, str]]:
+    """Histogram counts, outlier traces, AUCs and corrupted counts per batch of the weighted runs."""
+    hist_cols = {"run": pd.Series(dtype=str), "bin": pd.Series(dtype=int), "count": pd.Series(dtype=int)}
+    ow_cols = {"run": pd.Series(dtype=str), "step": pd.Series(dtype=float),
+               "corrupted": pd.Series(dtype=bool), "rel": pd.Series(dtype=float)}
+    if w.empty:
+        return pd.DataFrame(hist_cols), pd.DataFrame(ow_cols), [], {}
+    w = w.sort_values(["run", "step", "task"], kind="stable")
+    T = w.groupby("run")["task"].transform("max") + 1
+    w = w.assign(rel=w["weight"] * T)
+    idx = np.searchsorted(HIST_EDGES, w["rel"].to_numpy(), side="right")  # 0 below, len(edges) above
+    hist = (w.assign(bin=idx).groupby(["run", "bin"]).size().rename("count").reset_index())
+    hist["bin"] = hist["bin"].astype(int)
+
+    auc_rows, counts, traces = [], {}, []
+    for run, g in w[w.groupby("run")["corrupted"].transform("any")].groupby("run", sort=False):
+        steps = g["step"].nunique()
+        wt = g["weight"].to_numpy().reshape(steps, -1)  # (steps, T)
+        ct = g["corrupted"].to_numpy().reshape(steps, -1)
+        a = roc_auc_rows(wt, ~ct)
+        late = a[-max(1, steps // 10):]
+        auc_rows += [(run, "auc", float(np.nanmean(a))), (run, "auc_late", float(np.nanmean(late)))]
+        k = ct.sum(axis=1)
+        counts[str(run)] = ", ".join(f"{int(v)} of {ct.shape[1]}" for v in sorted(set(k.tolist())))
+        per_step = g.groupby(["step", "corrupted"])["rel"].mean().reset_index().assign(run=run)
+        traces.append(_binned(per_step, ["run", "corrupted"], "rel"))
+    outlier_w = (pd.concat(traces, ignore_index=True)[["run", "step", "corrupted", "rel"]] if traces
+                 else pd.DataFrame(ow_cols))
+    auc = [pd.DataFrame(auc_rows, columns=["run", "metric", "value"])] if auc_rows else []
+    return hist, outlier_w, auc, counts
+
+
+# ---------------------------------------------------------------------------- helpers
 def _with_study_columns(results: pd.DataFrame, name: str) -> pd.DataFrame:
-    """Tables of plain ``gabench run`` runs lack the study columns: derive them."""
+    """Tables of plain ``gabench run`` runs lack the study columns; older tables lack ``select``."""
     results = results.copy()
     if "study" not in results:
         results["study"] = name
@@ -155,10 +386,35 @@ def _with_study_columns(results: pd.DataFrame, name: str) -> pd.DataFrame:
         results["setting"] = (results["outlier_fraction"].map(lambda p: f"outlier_fraction={p:g}")
                               if multi else "")
     results["setting"] = results["setting"].fillna("")
+    if "select" not in results:
+        results["select"] = "final"
+    results["select"] = results["select"].fillna("final").astype(str)
     return results
+
+
+def _empty_weights() -> pd.DataFrame:
+    return pd.DataFrame({"run": pd.Series(dtype=str), "step": pd.Series(dtype=int),
+                         "task": pd.Series(dtype=int), "corrupted": pd.Series(dtype=bool),
+                         "weight": pd.Series(dtype=float)})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
+        raise ConfigError("source", str(path), f"a readable parquet table ({type(exc).__name__}: "
+                          f"{_first_line(exc)})") from None
 
 
 def _read_json(path: Path, default: Any) -> Any:
     if not path.is_file():
         return default
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("source", str(path), f"a valid JSON file ({_first_line(exc)})") from None

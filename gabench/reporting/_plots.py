@@ -1,4 +1,6 @@
-"""PNG figures of a report (matplotlib, Agg backend): curves with bands, forest plots, weights."""
+"""PNG figures of a report (matplotlib, Agg backend): curves with bands, forest plots, weights,
+performance profiles. Each function draws prepared data; no statistics are computed here beyond
+the bands of :func:`~gabench.reporting._stats.t_interval_columns`."""
 
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gabench.reporting._stats import bootstrap_ci_columns  # noqa: E402
+from gabench.reporting._stats import t_interval_columns  # noqa: E402
 
 _COLOURS = {"maml": "#1f77b4", "fomaml": "#2ca02c", "reptile": "#d62728"}
 _EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-_STYLES = {"mean": "-", "ga": "--", "ga-book": ":"}
+_STYLES = {"mean": "-", "ga": "--", "ga-textbook": ":"}
 
 
 def method_styles(info: dict[str, tuple[str, str, bool]]) -> dict[str, dict[str, object]]:
@@ -75,8 +77,9 @@ def _legend_from(axes: Sequence[plt.Axes]) -> tuple[list, list]:
 
 def learning_curves(curves: dict[tuple[str, str], dict[str, pd.DataFrame]],
                     styles: dict[str, dict[str, object]], ylabel: str, path: Path,
-                    hline: float | None = None, seed: int = 0) -> Path:
-    """One panel per cell; per method the mean over seeds with a 95% bootstrap band.
+                    hline: float | None = None) -> Path:
+    """One panel per cell (cells without data get none); per method the mean over seeds with a
+    95% Student-t band over seeds.
 
     Args:
         curves: cell -> method -> DataFrame with index step and one column per seed.
@@ -84,46 +87,54 @@ def learning_curves(curves: dict[tuple[str, str], dict[str, pd.DataFrame]],
         ylabel: Axis label.
         path: Output PNG.
         hline: Optional reference level (ln 2 for the book).
-        seed: Seed of the bootstrap.
     """
-    fig, axes = _grid(len(curves))
+    curves = {c: {m: f.dropna(axis=1) for m, f in bm.items() if f.dropna(axis=1).shape[1]}
+              for c, bm in curves.items()}
+    curves = {c: bm for c, bm in curves.items() if bm}
+    fig, axes = _grid(max(len(curves), 1))
     for ax, (cell, by_method) in zip(axes, curves.items(), strict=False):
+        shown, bands = [], []
         for method, frame in by_method.items():
-            frame = frame.dropna(axis=1)
-            if frame.shape[1] == 0:
-                continue
             steps = frame.index.to_numpy()
             values = frame.to_numpy().T  # (seeds, steps)
             mean = values.mean(axis=0)
             st = styles[method]
             ax.plot(steps, mean, color=st["color"], linestyle=st["linestyle"], label=method, lw=1.6)
+            shown.append(mean)
             if values.shape[0] >= 2:
-                low, high = bootstrap_ci_columns(values, rng=seed)
+                low, high = t_interval_columns(values)
                 ax.fill_between(steps, low, high, color=st["color"], alpha=0.15, lw=0)
+                bands += [low, high]
         if hline is not None:
             ax.axhline(hline, color="black", lw=0.8, ls=":", label="ln 2")
+            shown.append(np.array([hline]))
         ax.set_title(cell_title(cell), fontsize=10)
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        _robust_ylim(ax, [f for f in by_method.values()], hline)
+        _fit_ylim(ax, shown, bands)
     return _save(fig, path, _legend_from(axes))
 
 
-def _robust_ylim(ax: plt.Axes, frames: list[pd.DataFrame], hline: float | None = None) -> None:
-    """Ignore the first evaluations when they are far off (an untrained model), so curves stay readable."""
-    vals = np.concatenate([f.to_numpy().ravel() for f in frames if f.size]) if frames else np.array([])
+def _fit_ylim(ax: plt.Axes, series: list[np.ndarray], bands: list[np.ndarray] | None = None) -> None:
+    """Y-limits that show every plotted mean, the first evaluations included, and the bands up to
+    half the means' range beyond them; a log axis when the values span more than a factor of 10
+    (an untrained model far above the trained ones)."""
+    vals = np.concatenate([np.ravel(s) for s in series]) if series else np.array([])
     vals = vals[np.isfinite(vals)]
-    if vals.size < 4:
+    if vals.size == 0:
         return
-    lo, hi = np.percentile(vals, [1, 99])
-    late = np.concatenate([f.iloc[len(f) // 5:].to_numpy().ravel() for f in frames if f.size])
-    late = late[np.isfinite(late)]
-    if late.size:
-        lo, hi = min(lo, late.min()), max(np.percentile(vals, 90), late.max())
-    if hline is not None:
-        lo, hi = min(lo, hline), max(hi, hline)
-    pad = 0.05 * (hi - lo if hi > lo else abs(hi) + 1e-9)
+    lo, hi = float(vals.min()), float(vals.max())
+    band = np.concatenate([np.ravel(b) for b in bands]) if bands else np.array([])
+    band = band[np.isfinite(band)]
+    if band.size:
+        reach = 0.5 * (hi - lo)
+        lo, hi = min(lo, max(float(band.min()), lo - reach)), max(hi, min(float(band.max()), hi + reach))
+    if lo > 0 and hi / lo > 10:
+        ax.set_yscale("log")
+        ax.set_ylim(lo / 1.15, hi * 1.15)
+        return
+    pad = 0.06 * (hi - lo if hi > lo else abs(hi) + 1e-9)
     ax.set_ylim(lo - pad, hi + pad)
 
 
@@ -151,26 +162,71 @@ def forest(rows: list[tuple[str, str, float, float, float]], styles: dict[str, d
     return _save(fig, path, _legend_from([ax]))
 
 
-def weight_histograms(data: dict[tuple[str, str], dict[str, np.ndarray]],
+def weight_histograms(data: dict[tuple[str, str], dict[str, np.ndarray]], edges: np.ndarray,
                       styles: dict[str, dict[str, object]], path: Path) -> Path:
-    """Distribution of relative weights ``T * w_i`` (1 = uniform) per cell and method."""
-    fig, axes = _grid(len(data))
+    """Distribution of relative weights ``T * w_i`` (1 = uniform) per cell and method.
+
+    Args:
+        data: cell -> method -> counts of shape (len(edges) + 1,): below ``edges[0]``, the
+            ``len(edges) - 1`` bins, above ``edges[-1]``.
+        edges: Bin edges, shape (k,).
+        styles: Method styles.
+        path: Output PNG.
+
+    Weights outside the range are drawn in the edge bins, and each panel whose weights were
+    clipped says which share.
+    """
+    fig, axes = _grid(max(len(data), 1))
+    width = float(edges[1] - edges[0])
     for ax, (cell, by_method) in zip(axes, data.items(), strict=False):
-        allv = np.concatenate(list(by_method.values())) if by_method else np.array([1.0])
-        lo, hi = np.percentile(allv, [0.5, 99.5])
-        lo, hi = min(lo, -0.1), max(hi, 2.0)
-        bins = np.linspace(lo, hi, 60)
-        for method, v in by_method.items():
+        clipped = []
+        for method, counts in by_method.items():
+            c = np.asarray(counts, dtype=float).copy()
+            total = c.sum()
+            if total == 0:
+                continue
+            inner = c[1:-1].copy()
+            inner[0] += c[0]
+            inner[-1] += c[-1]
+            clipped.append((c[0] + c[-1]) / total)
             st = styles[method]
-            ax.hist(np.clip(v, lo, hi), bins=bins, density=True, histtype="step", lw=1.5,
-                    color=st["color"], linestyle=st["linestyle"], label=method)
+            ax.stairs(inner / (total * width), edges, color=st["color"], linestyle=st["linestyle"], lw=1.5,
+                      label=method)
         ax.axvline(1.0, color="gray", lw=0.8, ls=":")
         ax.axvline(0.0, color="black", lw=0.8)
-        ax.set_title(cell_title(cell), fontsize=10)
+        title = cell_title(cell)
+        if clipped and max(clipped) > 0:
+            title += f"\n{100 * max(clipped):.2g}% outside [{edges[0]:g}, {edges[-1]:g}], in the edge bins"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("relative weight T * w_i (1 = uniform)")
         ax.set_ylabel("density")
         ax.grid(alpha=0.3)
     return _save(fig, path, _legend_from(axes))
+
+
+def performance_profile(profiles: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                        styles: dict[str, dict[str, object]], xlabel: str, path: Path) -> Path:
+    """Performance profiles: per compared pair, the fraction of runs whose score exceeds tau.
+
+    Args:
+        profiles: Label ("method - baseline") -> (taus, fractions, band low, band high), arrays of
+            shape (k,).
+        styles: Method styles (keyed by the method, the label's first word).
+        xlabel: What tau is.
+        path: Output PNG.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, (taus, frac, low, high) in profiles.items():
+        st = styles.get(label.split(" ")[0], {"color": "gray", "linestyle": "-"})
+        ax.step(taus, frac, where="post", color=st["color"], linestyle=st["linestyle"], lw=1.6, label=label)
+        ax.fill_between(taus, low, high, step="post", color=st["color"], alpha=0.15, lw=0)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of runs (cell x seed) with score > tau")
+    ax.grid(alpha=0.3)
+    return _save(fig, path, _legend_from([ax]))
 
 
 def smoothed_lines(data: dict[tuple[str, str], dict[str, tuple[np.ndarray, np.ndarray]]],

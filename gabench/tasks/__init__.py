@@ -13,17 +13,17 @@ from gabench.tasks._base import (
     init_generator,
     task_rng,
 )
-from gabench.tasks._book import BookBinary
 from gabench.tasks._digits import Digits
 from gabench.tasks._linear import LinearBinary
 from gabench.tasks._outliers import OutlierTasks
 from gabench.tasks._sine import Sine
 from gabench.tasks._sklearn import Blobs, Circles, Classification, Moons, Regression
+from gabench.tasks._textbook import TextbookBinary
 
 #: The one map from registry names to family classes.
 FAMILIES: dict[str, type[TaskFamily]] = {
     cls.name: cls
-    for cls in (BookBinary, LinearBinary, Sine, Classification, Moons, Circles, Blobs,
+    for cls in (TextbookBinary, LinearBinary, Sine, Classification, Moons, Circles, Blobs,
                 Regression, Digits)
 }
 
@@ -39,7 +39,7 @@ def make_family(name: str, params: dict[str, Any] | None = None) -> TaskFamily:
 
 
 __all__ = [
-    "FAMILIES", "SPLITS", "BookBinary", "Blobs", "Circles", "Classification", "Digits",
-    "LinearBinary", "Moons", "OutlierTasks", "Regression", "Sine", "TaskBatch", "TaskFamily",
-    "TaskStream", "init_generator", "make_family", "task_rng",
+    "FAMILIES", "SPLITS", "Blobs", "Circles", "Classification", "Digits", "LinearBinary", "Moons",
+    "OutlierTasks", "Regression", "Sine", "TaskBatch", "TaskFamily", "TaskStream", "TextbookBinary",
+    "init_generator", "make_family", "task_rng",
 ]

@@ -16,7 +16,7 @@ class LinearBinary(TaskFamily):
 
     ``x ~ U[-1,1)^dim``; the shared unit normal ``w`` is fixed by ``structure_seed`` (the same in
     every split), ``w_t = w + task_spread * z / sqrt(dim)`` with ``z ~ N(0, I)``, and each label
-    is flipped with probability ``label_noise``. Same model as ``book-binary`` (logistic, no
+    is flipped with probability ``label_noise``. Same model as ``textbook-binary`` (logistic, no
     bias), so an initialisation near ``w`` plus a few steps solves every task.
 
     Args:

@@ -149,6 +149,11 @@ class MLflowTracker(Callback):
         self.client.set_terminated(self.run_id, "FINISHED")
         self.seconds += time.perf_counter() - t0
 
+    def on_fail(self, exc: BaseException) -> None:
+        """The trainer's failure hook: KILLED when stopped (Ctrl-C, SIGTERM, an Optuna prune), else FAILED."""
+        stopped = isinstance(exc, KeyboardInterrupt | SystemExit) or type(exc).__name__ == "TrialPruned"
+        self.fail(f"{type(exc).__name__}: {exc}", "KILLED" if stopped else "FAILED")
+
     def fail(self, reason: str, status: str = "FAILED") -> None:
         """Mark the run as ended without success (FAILED or KILLED), with the reason as a tag."""
         if self.run_id is None:

@@ -1,4 +1,4 @@
-"""The textbook replica keeps the published example's defects on purpose; gabench book wires it up."""
+"""The textbook replica keeps the published example's defects on purpose; gabench textbook wires it up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gabench.book import LN2, TextbookSettings, heldout_loss, textbook_run, textbook_table
+from gabench.textbook import LN2, TextbookSettings, heldout_loss, textbook_run, textbook_table
 
 
 def test_textbook_run_is_seeded_and_has_the_published_shape():
@@ -41,22 +41,22 @@ def test_textbook_table_is_long_format():
     assert set(t[t.split == "test"].metric) == {"loss_init", "loss_pre", "loss_post", "theta_change"}
 
 
-def test_gabench_book_writes_the_replica_runs_the_study_and_reports(tmp_path, capsys):
-    from gabench.cli import main
+def test_gabench_textbook_writes_the_replica_runs_the_study_and_reports(tmp_path, capsys):
+    from gabench.commands import main
 
-    study = tmp_path / "book.toml"
+    study = tmp_path / "textbook.toml"
     study.write_text(
-        'name = "book"\nseeds = 2\n[defaults]\ntest_tasks = 8\nval_tasks = 8\n'
-        '[families.book-as-published]\nfamily = "book-binary"\nmeta_batch = 2\nsteps = 4\nalpha = 1e-4\n'
-        'beta = 1e-4\noptimizer = "sgd"\neval_every = 2\n'
+        'name = "textbook"\nseeds = 2\n[defaults]\ntest_tasks = 8\nval_tasks = 8\n'
+        '[families.textbook-as-published]\nfamily = "textbook-binary"\nmeta_batch = 2\nsteps = 4\n'
+        'alpha = 1e-4\nbeta = 1e-4\noptimizer = "sgd"\neval_every = 2\n'
         '[methods.fomaml]\nalgorithm = "maml"\nfirst_order = true\n'
         '[methods."fomaml+ga"]\nalgorithm = "maml"\nfirst_order = true\naggregator = "ga"\n')
-    code = main(["book", "--study", str(study), "--seeds", "3", "--out-root", str(tmp_path / "runs"),
+    code = main(["textbook", "--study", str(study), "--seeds", "3", "--out-root", str(tmp_path / "runs"),
                  "--reports-root", str(tmp_path / "reports")])
     assert code == 0
-    assert (tmp_path / "runs" / "book" / "textbook.parquet").is_file()
-    text = (tmp_path / "reports" / "book" / "README.md").read_text()
+    assert (tmp_path / "runs" / "textbook" / "textbook.parquet").is_file()
+    text = (tmp_path / "reports" / "textbook" / "README.md").read_text()
     assert "## The textbook's example as published" in text and "defects 1-5 kept on purpose" in text
     assert "| textbook (as published) |" in text and "![textbook printed loss](textbook.png)" in text
-    assert "`fomaml+ga` - `fomaml`" in text and "gabench report book --runs-root" in text
-    assert (tmp_path / "reports" / "book" / "textbook.png").stat().st_size > 1000
+    assert "`fomaml+ga` - `fomaml`" in text and "gabench report textbook --runs-root" in text
+    assert (tmp_path / "reports" / "textbook" / "textbook.png").stat().st_size > 1000

@@ -11,7 +11,7 @@ from gabench.models import Logistic
 from gabench.tasks._base import TaskFamily, check_shots
 
 
-class BookBinary(TaskFamily):
+class TextbookBinary(TaskFamily):
     """The textbook sampler exactly: ``x ~ U[0,1)^dim``, ``y ~ Bernoulli(0.5)`` independent of x.
 
     Labels carry no signal, so no model can beat the cross-entropy ``ln 2 = 0.693`` on query
@@ -28,7 +28,7 @@ class BookBinary(TaskFamily):
         S. Ravichandiran, "Hands-On Meta Learning with Python", Packt 2018, chapter 8.
     """
 
-    name = "book-binary"
+    name = "textbook-binary"
     description = ("Textbook ch.8 sampler: x~U[0,1)^50, y~Bernoulli(0.5) independent of x "
                    "(unlearnable, best loss ln 2)")
     task_type = "classification"

@@ -1,0 +1,94 @@
+"""Worker processes that never outlive their parent, and SIGTERM handled like Ctrl-C.
+
+Used by the commands that run work in a local process pool (``gabench tune --workers N``): a
+worker gets SIGTERM when its parent dies, even by ``kill -9`` (Linux ``PR_SET_PDEATHSIG``; on
+other systems the worker notices a changed parent id at its next check), and SIGTERM in the
+parent stops the pool instead of orphaning it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler, so that a terminated process stops as an interrupted one:
+    the work in flight is marked as failed or killed, and ``finally`` blocks run."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM raises :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class StopRequest:
+    """A SIGTERM that is honoured at the next safe point instead of wherever it lands.
+
+    Raising from a signal handler can interrupt a database write half-way (an SQLite
+    transaction left open blocks every other process on the file). Inside :meth:`catching`,
+    SIGTERM only sets a flag; the work checks :meth:`check` at points where stopping is safe
+    (the trainer's callbacks, between trials) and raises :class:`Terminated` there.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextmanager
+    def catching(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self.signum = signum
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def check(self) -> None:
+        """Raise :class:`Terminated` if a SIGTERM arrived."""
+        if self.signum is not None:
+            raise Terminated(f"signal {self.signum}")
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process receive SIGTERM when its parent ``parent_pid`` exits.
+
+    Call it first thing in a worker process (a pool initializer). If the parent is already
+    gone (it died between spawning this process and this call), exit at once.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(128 + signal.SIGTERM)
+
+
+def parent_alive(parent_pid: int) -> bool:
+    """Whether this process's parent is still ``parent_pid`` (the portable fallback check)."""
+    return os.getppid() == parent_pid

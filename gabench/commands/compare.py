@@ -1,0 +1,66 @@
+"""``gabench compare``: run a study file's plan (resumable) and build its table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gabench.commands._options import add_tracking_options, tracking_uri_from_args
+from gabench.commands._parser import add_command
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = add_command(sub, "compare", run, help="run a study file's plan (resumable) and build its table",
+                    description="Run every run of a study file into OUT_ROOT/<study>/<run id>/, "
+                    "skipping finished runs (rerun after an interruption to resume), then "
+                    "rebuild OUT_ROOT/<study>/results.parquet and weights.parquet. Each run is "
+                    "also an MLflow run (experiment gabench-<study>) unless --no-tracking.")
+    p.add_argument("study", help="study file, e.g. studies/quick.toml")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at once, each in its own process (default 1: one at a time, in this process)")
+    p.add_argument("--out-root", default="runs", help="parent of the study directory (default runs)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (default 1; more only pays for large models)")
+    p.add_argument("--redo-changed", action="store_true",
+                   help="rerun finished runs whose configuration differs from the study file")
+    p.add_argument("--plan", action="store_true", help="print the planned runs and exit")
+    add_tracking_options(p, None, "MLflow experiment name (default gabench-<study>)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from gabench._errors import check_int
+    from gabench.compare import CallbacksFor, Terminated, TrackRuns, no_callbacks, run_state, run_study
+    from gabench.study import load_study
+
+    study = load_study(args.study)
+    workers = check_int("--workers", args.workers)
+    if args.plan:
+        for planned in study.runs:
+            state = run_state(Path(args.out_root) / study.name / planned.run_id, planned.config)
+            print(f"{planned.run_id}\t{state}")
+        print(f"{len(study.runs)} runs", file=sys.stderr)
+        return 0
+    tracking_uri = tracking_uri_from_args(args)  # an unreachable server fails here, before any run
+    callbacks_for: CallbacksFor = no_callbacks
+    experiment = None
+    if tracking_uri is not None:
+        callbacks_for = TrackRuns(tracking_uri, args.experiment)
+        experiment = callbacks_for.prepare(study.name)
+    try:
+        out = run_study(study, args.out_root, workers, callbacks_for=callbacks_for,
+                        redo_changed=args.redo_changed, threads=args.threads)
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"gabench compare: {how}; finished runs are kept in {Path(args.out_root) / study.name}/"
+              f"; run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    print(f"{out.finished}/{out.planned} runs finished; table: {out.study_dir / 'results.parquet'}")
+    if tracking_uri is not None:
+        print(f"tracked in MLflow ({tracking_uri}, experiment {experiment!r})")
+    if out.failures:
+        print(f"gabench compare: error: {len(out.failures)} run(s) failed: "
+              + "; ".join(f"{k}: {v}" for k, v in out.failures.items()), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,187 @@
+"""Executing a study's plan: which runs are due, in this process or a pool of workers, progress."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from gabench import __version__
+from gabench._errors import ConfigError, check_int
+from gabench._provenance import git_commit
+from gabench.compare._execute import execute_run
+from gabench.compare._signals import sigterm_stops, worker_init
+from gabench.compare._state import (
+    config_diff,
+    read_config,
+    read_json,
+    rebuild_table,
+    remove_leftovers,
+    run_state,
+    study_lock,
+    write_json,
+)
+from gabench.compare._tracking import CallbacksFor, no_callbacks
+from gabench.study import PlannedRun, Study
+
+#: Seconds between rebuilds of the study table while a long compare runs (so that
+#: ``gabench report`` can show the runs finished so far).
+REBUILD_EVERY_S = 600.0
+
+
+@dataclass
+class CompareResult:
+    """What :func:`run_study` did.
+
+    Attributes:
+        study_dir: ``<out-root>/<study>``.
+        planned: Number of runs in the plan.
+        finished: Planned runs with results on disk at the end.
+        ran: Runs executed by this call.
+        failures: Run id -> one-line reason, for runs that stopped (e.g. diverged).
+    """
+
+    study_dir: Path
+    planned: int
+    finished: int
+    ran: int
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
+              callbacks_for: CallbacksFor = no_callbacks,
+              redo_changed: bool = False, threads: int | None = 1,
+              log: TextIO | None = None) -> CompareResult:
+    """Run every unfinished run of ``study`` and rebuild the study table.
+
+    Args:
+        study: A loaded study (:func:`~gabench.study.load_study`).
+        out_root: Runs go to ``out_root/<study name>/<run id>/``.
+        workers: Processes running at once (1: in this process).
+        threads: Torch threads per run (default 1: gabench's models are small, and several
+            threads per process on a busy machine cost far more in synchronisation than they
+            gain; None leaves torch's setting alone).
+        callbacks_for: Tracking hook, ``(run, study name) -> list of callbacks`` (picklable).
+        redo_changed: Rerun finished runs whose recorded configuration differs from the plan
+            (otherwise that is an error).
+        log: Where progress lines go (default stderr).
+
+    Returns:
+        A :class:`CompareResult`.
+
+    Raises:
+        ConfigError: another compare holds the study directory, or finished runs have a
+            different configuration and ``redo_changed`` is false.
+    """
+    log = log or sys.stderr
+    workers = check_int("--workers", workers)
+    with sigterm_stops():
+        return _run_study(study, out_root, workers, callbacks_for, redo_changed, threads, log)
+
+
+def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: CallbacksFor,
+               redo_changed: bool, threads: int | None, log: TextIO) -> CompareResult:
+    if threads is not None:
+        threads = check_int("--threads", threads)
+    study_dir = Path(out_root) / study.name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with study_lock(study_dir):
+        remove_leftovers(study_dir)
+        commit = git_commit()
+        previous = read_json(study_dir / "study.json")
+        provenance: dict[str, str] = {k: v for k, v in previous.get("run_commits", {}).items()
+                                      if (study_dir / k).is_dir()}
+
+        def write_meta() -> None:
+            write_json(study_dir / "study.json", {
+                **study.summary(), "gabench_version": __version__, "git_commit": commit,
+                "run_commits": provenance})
+
+        write_meta()
+        todo, changed = [], []
+        for run in study.runs:
+            state = run_state(study_dir / run.run_id, run.config)
+            if state == "changed":
+                changed.append(run)
+            if state != "finished":
+                todo.append(run)
+        if changed and not redo_changed:
+            first = changed[0]
+            diff = config_diff(read_config(study_dir / first.run_id), first.config)
+            raise ConfigError("--redo-changed", False, (
+                f"it to rerun the {len(changed)} finished run(s) whose configuration differs from "
+                f"{study.path} (e.g. {study_dir / first.run_id}: {diff}), or another --out-root"))
+        done = len(study.runs) - len(todo)
+        print(f"{study.name}: {len(study.runs)} runs planned, {done} finished already, "
+              f"{len(todo)} to run with {workers} worker(s) -> {study_dir}/", file=log, flush=True)
+        failures: dict[str, str] = {}
+        ran = 0
+        start = last_rebuild = time.monotonic()
+        try:
+            for outcome in _execute(todo, study.name, study_dir, workers, callbacks_for,
+                                    {r.run_id for r in todo if (study_dir / r.run_id).exists()}, threads):
+                ran += 1
+                done += outcome["ok"]
+                if outcome["ok"]:
+                    provenance[outcome["run_id"]] = f"gabench {__version__} {commit or 'unknown'}"
+                else:
+                    failures[outcome["run_id"]] = outcome["message"]
+                _progress(log, time.monotonic() - start, ran, len(todo), done, len(study.runs), outcome)
+                if time.monotonic() - last_rebuild > REBUILD_EVERY_S:  # `gabench report` meanwhile
+                    rebuild_table(study, study_dir)
+                    write_meta()
+                    last_rebuild = time.monotonic()
+        finally:
+            finished = rebuild_table(study, study_dir)
+            write_json(study_dir / "failed.json", failures)
+            write_meta()
+    return CompareResult(study_dir, len(study.runs), finished, ran, failures)
+
+
+def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
+             callbacks_for: CallbacksFor,
+             replace: set[str], threads: int | None) -> Iterator[dict[str, Any]]:
+    if workers == 1 or len(todo) <= 1:
+        for run in todo:
+            yield execute_run(run, study, study_dir / run.run_id, run.run_id in replace, callbacks_for,
+                              threads)
+        return
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=worker_init)
+    pending: set[Future[dict[str, Any]]] = set()
+    queue = list(reversed(todo))
+    try:
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:  # submit lazily: Ctrl-C cancels little
+                run = queue.pop()
+                pending.add(pool.submit(execute_run, run, study, study_dir / run.run_id,
+                                        run.run_id in replace, callbacks_for, threads))
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield fut.result()
+    except BaseException:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()  # a half-written run leaves only a temporary directory
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _progress(log: TextIO, elapsed: float, ran: int, total: int, done: int, planned: int,
+              outcome: dict[str, Any]) -> None:
+    eta = elapsed / ran * (total - ran)
+    status = outcome["message"] if outcome["ok"] else f"FAILED: {outcome['message']}"
+    print(f"[{done:>{len(str(planned))}}/{planned}] {outcome['run_id']} {outcome['seconds']:.1f}s {status}"
+          f" | elapsed {_hms(elapsed)}, ETA {_hms(eta)}", file=log, flush=True)
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

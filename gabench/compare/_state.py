@@ -1,0 +1,119 @@
+"""A study directory on disk: which runs are finished, the lock, leftovers, the study table."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gabench._errors import ConfigError
+from gabench.config import RunConfig
+from gabench.results import RESULT_COLUMNS, WEIGHT_COLUMNS
+from gabench.study import Study
+
+#: Columns the study table adds to :data:`~gabench.results.RESULT_COLUMNS`.
+STUDY_COLUMNS: tuple[str, ...] = ("study", "family_label", "setting")
+#: Config fields that may differ between a finished run and the plan without making it stale.
+IGNORED_FIELDS: tuple[str, ...] = ("device", "eval_batch")
+
+
+def run_state(path: Path, config: RunConfig) -> str:
+    """``"missing"``, ``"finished"`` or ``"changed"`` (finished with another configuration)."""
+    if not (path / "config.json").is_file() or not (path / "results.parquet").is_file():
+        return "missing"
+    return "finished" if not config_diff(read_config(path), config) else "changed"
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The configuration a finished run recorded in its ``config.json``."""
+    return json.loads((path / "config.json").read_text())["config"]
+
+
+def config_diff(recorded: dict[str, Any], config: RunConfig) -> str:
+    """The first field where ``recorded`` differs from ``config`` (``""`` when none does)."""
+    planned = json.loads(json.dumps(config.to_dict(), default=str))
+    defaults = json.loads(json.dumps(dataclasses.asdict(RunConfig()), default=str))
+    for key in sorted(set(recorded) | set(planned)):
+        if key in IGNORED_FIELDS:
+            continue
+        if key not in recorded and planned.get(key) == defaults.get(key):
+            continue  # a setting added to gabench after the run, at its default: same run
+        if recorded.get(key) != planned.get(key):
+            return f"{key}: {recorded.get(key)!r} recorded, {planned.get(key)!r} planned"
+    return ""
+
+
+def remove_leftovers(study_dir: Path) -> None:
+    """Temporary directories of runs that were interrupted while writing."""
+    for entry in study_dir.iterdir():
+        if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+@contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """One compare per study directory at a time (the kernel releases it if we are killed)."""
+    fd = os.open(study_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError("--out-root", str(study_dir.parent),
+                              f"a directory where no other gabench compare is running on "
+                              f"{study_dir.name} (one holds {study_dir}/.lock)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def rebuild_table(study: Study, study_dir: Path) -> int:
+    """Concatenate the finished runs of the plan into ``results.parquet`` and ``weights.parquet``.
+
+    Returns the number of finished runs. Files are replaced atomically.
+    """
+    results, weights = [], []
+    for run in study.runs:
+        path = study_dir / run.run_id
+        if run_state(path, run.config) != "finished":
+            continue
+        results.append(pd.read_parquet(path / "results.parquet"))
+        weights.append(pd.read_parquet(path / "weights.parquet"))
+    columns = [*RESULT_COLUMNS, *STUDY_COLUMNS]
+    res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=columns)
+    wts = pd.concat(weights, ignore_index=True) if weights else pd.DataFrame(columns=list(WEIGHT_COLUMNS))
+    write_parquet(study_dir / "results.parquet", res[columns])
+    write_parquet(study_dir / "weights.parquet", wts[list(WEIGHT_COLUMNS)])
+    return len(results)
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` to ``path`` atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

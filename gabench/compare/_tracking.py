@@ -1,0 +1,54 @@
+"""The tracking hook of a compare: which callbacks each planned run gets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gabench.study import PlannedRun
+from gabench.trainer import Callback
+
+CallbacksFor = Callable[[PlannedRun, str], list[Callback]]
+
+
+def no_callbacks(run: PlannedRun, study: str) -> list[Callback]:
+    """The default tracking hook: no callbacks."""
+    return []
+
+
+@dataclass(frozen=True)
+class TrackRuns:
+    """Tracking hook of ``gabench compare``: one MLflow run per planned run.
+
+    The MLflow run is named ``<study>__<run id>`` and tagged with the study, the run id, the
+    family and method labels of the study file and the setting, on top of what
+    :class:`~gabench.tracking.MLflowTracker` logs for every run.
+
+    Attributes:
+        tracking_uri: MLflow tracking URI (checked beforehand).
+        experiment: Experiment name; None: ``gabench-<study>``.
+    """
+
+    tracking_uri: str
+    experiment: str | None = None
+
+    def prepare(self, study: str) -> str:
+        """Create (or find) the experiment in this process, before any worker starts: a new
+        SQLite store gets its tables here, not from two workers racing to migrate it."""
+        from mlflow import MlflowClient
+
+        from gabench.tracking._mlflow import experiment_id
+
+        name = self.experiment or f"gabench-{study}"
+        experiment_id(MlflowClient(self.tracking_uri), self.tracking_uri, name)
+        return name
+
+    def __call__(self, run: PlannedRun, study: str) -> list[Callback]:
+        from gabench.tracking import MLflowTracker
+
+        tags = {"study": study, "study_run": run.run_id, "family_label": run.family_label,
+                "method_label": run.method_label}
+        if run.setting:
+            tags["setting"] = run.setting_label
+        return [MLflowTracker(self.tracking_uri, self.experiment or f"gabench-{study}",
+                              run_name=f"{study}__{run.run_id}", tags=tags)]
