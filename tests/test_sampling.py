@@ -339,3 +339,13 @@ def test_a_pickled_stream_goes_on_with_the_same_tasks():
     assert torch.equal(fam2.sample(600, "train", rng2).query_x, want)
     assert torch.equal(fam3.sample(600, "train", rng3).query_x, want)
     assert rng2.spawn(1)[0].random() == task_rng(0, "moons", "train").spawn(1)[0].random()
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5, 9])
+def test_random_rotations_are_the_sign_fixed_qr_factor(dim):
+    """Gram-Schmidt on the same Gaussian matrices gives numpy's QR factor with diag(R) > 0."""
+    q = random_rotations(300, dim, np.random.default_rng(7))
+    a = np.random.default_rng(7).standard_normal((dim, 300, dim)).transpose(1, 2, 0)
+    ref, r = np.linalg.qr(a)
+    ref = ref * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+    np.testing.assert_allclose(q, ref, atol=1e-10)

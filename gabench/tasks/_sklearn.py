@@ -30,12 +30,20 @@ from gabench.tasks._base import TaskFamily, check_shots, split_seed
 def random_rotations(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` independent Haar-distributed orthogonal matrices, an array of shape (n, dim, dim).
 
-    The QR decomposition of a standard Gaussian matrix with the signs of ``diag(R)`` moved
-    into ``Q`` (F. Mezzadri, "How to generate random matrices from the classical compact
-    groups", Notices of the AMS 54, 2007).
+    The Q factor, with a positive diagonal of R, of the QR decomposition of a standard Gaussian
+    matrix (F. Mezzadri, "How to generate random matrices from the classical compact groups",
+    Notices of the AMS 54, 2007): computed for all ``n`` matrices at once by Gram-Schmidt on the
+    columns, each orthogonalised twice (so orthogonal to rounding error), which gives exactly
+    that factor, several times faster than ``np.linalg.qr`` on a stack of small matrices.
     """
-    q, r = np.linalg.qr(rng.standard_normal((n, dim, dim)))
-    return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+    cols = rng.standard_normal((dim, n, dim))  # cols[j, t]: column j of matrix t
+    q = np.empty_like(cols)
+    for j in range(dim):
+        v = cols[j]
+        for _ in range(2 if j else 0):
+            v = v - np.einsum("jt,jti->ti", np.einsum("jti,ti->jt", q[:j], v), q[:j])
+        q[j] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return q.transpose(1, 2, 0)
 
 
 def random_order(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
