@@ -191,8 +191,10 @@ class TaskFamily(ABC):
         default_meta_test_tasks: How many held-out tasks the final meta-test uses by default.
         default_alpha: Inner learning rate used when a run does not set one (a value that
             learns on this family with the default settings, not a tuned optimum).
-        chunk_tasks: Tasks drawn at once from a :class:`TaskStream` (see :meth:`sample`); part
-            of the definition of the family's task streams: changing it changes the tasks.
+        chunk_tasks: Tasks drawn at once from a :class:`TaskStream` (see :meth:`sample`), or
+            None to draw each request as it comes (families whose tasks are large, or whose
+            stream must stay as it was). Part of the definition of the family's task streams:
+            changing it changes the tasks.
     """
 
     name: ClassVar[str]
@@ -200,7 +202,7 @@ class TaskFamily(ABC):
     task_type: ClassVar[str]
     default_meta_test_tasks: ClassVar[int] = 600
     default_alpha: ClassVar[float] = 0.01
-    chunk_tasks: ClassVar[int] = 500
+    chunk_tasks: ClassVar[int | None] = None
 
     shots: int
     query_shots: int
@@ -218,11 +220,12 @@ class TaskFamily(ABC):
     def sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> TaskBatch:
         """Sample ``n_tasks`` tasks of ``split`` as one stacked batch.
 
-        From a :class:`TaskStream` (what :func:`task_rng` returns), tasks are drawn in chunks
-        of :attr:`chunk_tasks` by one vectorised :meth:`_sample` call and handed out in order:
-        a run's stream depends only on (seed, family, split), however the tasks are requested,
-        and a meta-iteration costs a slice, not a generator call. From any other
-        :class:`numpy.random.Generator`, exactly ``n_tasks`` tasks are drawn by :meth:`_sample`.
+        For a family with :attr:`chunk_tasks` set, tasks are drawn from a :class:`TaskStream`
+        (what :func:`task_rng` returns) in chunks of that many tasks by one vectorised
+        :meth:`_sample` call and handed out in order: the stream depends only on (seed, family,
+        split), however the tasks are requested, and a meta-iteration costs a slice, not a
+        generator call. Otherwise (or from any other :class:`numpy.random.Generator`), exactly
+        ``n_tasks`` tasks are drawn by one :meth:`_sample` call.
 
         Args:
             n_tasks: Number of tasks T.
@@ -235,13 +238,14 @@ class TaskFamily(ABC):
         """
         n_tasks = check_int("n_tasks", n_tasks)
         check_choice("split", split, SPLITS)
-        if isinstance(rng, TaskStream):
+        if self.chunk_tasks is not None and isinstance(rng, TaskStream):
             return rng.take(self, split, n_tasks)
         return self._batch(self._sample(n_tasks, split, rng), n_tasks)
 
     def draw_chunk(self, split: str, rng: np.random.Generator) -> TaskBatch:
         """The next :attr:`chunk_tasks` tasks of ``split`` drawn from ``rng`` in one call."""
-        return self._batch(self._sample(self.chunk_tasks, split, rng), self.chunk_tasks)
+        n = check_int("chunk_tasks", self.chunk_tasks)
+        return self._batch(self._sample(n, split, rng), n)
 
     def _batch(self, arrays: dict[str, np.ndarray], n_tasks: int) -> TaskBatch:
         y_dtype = torch.long if self.task_type == "classification" else torch.float32

@@ -83,6 +83,8 @@ class Digits(TaskFamily):
         hidden: Hidden width of the MLP.
     """
 
+    chunk_tasks = 500  # tasks drawn per vectorised call (see TaskFamily.sample)
+
     name = "digits"
     description = ("N-way K-shot on sklearn's 8x8 digits; train/val/test classes disjoint "
                    "(digits 0-5/6-7/8-9 x 4 rotations)")

@@ -28,6 +28,8 @@ class LinearBinary(TaskFamily):
         structure_seed: Seed of the shared hyperplane.
     """
 
+    chunk_tasks = 500  # tasks drawn per vectorised call (see TaskFamily.sample)
+
     name = "linear-binary"
     description = "Learnable binary tasks of the book's shape: random hyperplanes near a shared one"
     task_type = "classification"

@@ -64,6 +64,8 @@ class SklearnFamily(TaskFamily):
         hidden: Width of each of the model's two hidden layers.
     """
 
+    chunk_tasks = 500  # tasks drawn per vectorised call (see TaskFamily.sample)
+
     param_help = {
         "ways": "classes per task (N-way)",
         "shots": "support examples per class (per task for regression)",
