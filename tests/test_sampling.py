@@ -5,8 +5,8 @@ generators, vectorised over tasks. Each is compared here with scikit-learn itsel
 shapes, label balance, and two-sample Kolmogorov-Smirnov tests on statistics that see the
 cluster positions, the within-class spread, the distance between classes and which points go
 to the support set. Seeds are fixed, so each test is deterministic; a wrong scale, offset,
-class layout or ordering moves these statistics far beyond the thresholds (the last test shows
-that they do).
+class layout or ordering moves these statistics far beyond the thresholds
+(``test_the_checks_catch_a_wrong_generator`` shows that they do).
 """
 
 from __future__ import annotations
