@@ -67,7 +67,7 @@ def _measure(families: list[str], blocks: int, paper: bool) -> dict[str, dict[st
         family = shown if shown in FAMILIES else FORMER_NAMES.get(shown, shown)
         trainer = Trainer.from_config(RunConfig(family=family), progress=False)
         fam, T = trainer.family, trainer.meta_batch
-        per_block = max(20, math.ceil(getattr(fam, "chunk_tasks", 0) / T))
+        per_block = max(20, math.ceil((getattr(fam, "chunk_tasks", None) or 0) / T))
         rng = task_rng(0, family, "train")
         pool = [fam.sample(T, "train", rng) for _ in range(per_block)]  # also warms up
         for b in pool[:3]:
