@@ -9,6 +9,7 @@ from gabench.tasks._base import (
     SPLITS,
     TaskBatch,
     TaskFamily,
+    TaskStream,
     init_generator,
     task_rng,
 )
@@ -41,6 +42,6 @@ def make_family(name: str, params: dict[str, Any] | None = None) -> TaskFamily:
 __all__ = [
     "FAMILIES", "SPLITS", "Blobs", "Circles", "Classification", "Digits", "ImageFamily",
     "LinearBinary", "MiniImageNet", "Moons", "Omniglot", "OutlierTasks", "Regression", "Sine",
-    "TaskBatch", "TaskFamily", "TextbookBinary",
+    "TaskBatch", "TaskFamily", "TaskStream", "TextbookBinary",
     "init_generator", "make_family", "task_rng",
 ]

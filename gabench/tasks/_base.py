@@ -19,8 +19,59 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_INDEX: dict[str, int] = {s: i for i, s in enumerate(SPLITS)}
 
 
-def task_rng(seed: int, family: str, split: str) -> np.random.Generator:
-    """The generator of the task stream for ``(seed, family, split)``.
+class TaskStream(np.random.Generator):
+    """The generator of one task stream, with the tasks it has drawn but not yet handed out.
+
+    A :class:`numpy.random.Generator` (every draw works as on one) that also holds, per family
+    and split, the rest of the last chunk of tasks drawn. :meth:`TaskFamily.sample` draws tasks
+    from a stream in chunks of :attr:`TaskFamily.chunk_tasks` tasks (one vectorised call for
+    many meta-batches) and serves them in order, so the tasks a run sees depend only on the
+    stream's seed and how many tasks were consumed before, never on how the requests were
+    batched: ``sample(50)`` gives the tasks of ``sample(25)`` followed by ``sample(25)``.
+
+    Args:
+        bit_generator: The bit generator (see :func:`task_rng`).
+    """
+
+    def __init__(self, bit_generator: np.random.BitGenerator) -> None:
+        super().__init__(bit_generator)
+        self._pending: dict[tuple[TaskFamily, str], tuple[TaskBatch, int]] = {}
+
+    def take(self, family: TaskFamily, split: str, n_tasks: int) -> TaskBatch:
+        """The next ``n_tasks`` tasks of ``family``'s ``split`` stream, drawing chunks as needed.
+
+        Returns:
+            A :class:`TaskBatch` whose tensors are views of the chunk's (a concatenation when
+            the request spans chunks).
+        """
+        key = (family, split)
+        chunk, pos = self._pending.get(key, (None, 0))
+        parts: list[TaskBatch] = []
+        while n_tasks > 0:
+            if chunk is None or pos == chunk.n_tasks:
+                chunk, pos = family.draw_chunk(split, self), 0
+            k = min(n_tasks, chunk.n_tasks - pos)
+            parts.append(chunk.select(slice(pos, pos + k)))
+            pos, n_tasks = pos + k, n_tasks - k
+        if chunk is not None:
+            self._pending[key] = (chunk, pos)
+        return parts[0] if len(parts) == 1 else TaskBatch.concat(parts)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A plain Generator's pickle would drop the class and the pending tasks, and so change
+        # the rest of the stream; pickled together with its families, a stream goes on as before.
+        return (_restore_stream, (self.bit_generator, self._pending))
+
+
+def _restore_stream(bit_generator: np.random.BitGenerator,
+                    pending: dict[tuple[TaskFamily, str], tuple[TaskBatch, int]]) -> TaskStream:
+    stream = TaskStream(bit_generator)
+    stream._pending = pending
+    return stream
+
+
+def task_rng(seed: int, family: str, split: str) -> TaskStream:
+    """The task stream of ``(seed, family, split)``.
 
     The stream depends on nothing else (not on the algorithm or aggregator), so every method in a
     comparison sees the same tasks for a given seed, and the three splits are separate streams.
@@ -29,9 +80,13 @@ def task_rng(seed: int, family: str, split: str) -> np.random.Generator:
         seed: Base seed of the run.
         family: Registry name of the family.
         split: One of ``"train"``, ``"val"``, ``"test"``.
+
+    Returns:
+        A fresh :class:`TaskStream` (a :class:`numpy.random.Generator`).
     """
     check_choice("split", split, SPLITS)
-    return np.random.default_rng([int(seed), zlib.crc32(family.encode()), SPLIT_INDEX[split]])
+    seq = np.random.SeedSequence([int(seed), zlib.crc32(family.encode()), SPLIT_INDEX[split]])
+    return TaskStream(np.random.PCG64(seq))
 
 
 def init_generator(seed: int, family: str) -> torch.Generator:
@@ -42,14 +97,19 @@ def init_generator(seed: int, family: str) -> torch.Generator:
     return g
 
 
-def sklearn_state(rng: np.random.Generator, split: str) -> int:
-    """A ``random_state`` for a scikit-learn ``make_*`` call, disjoint across splits.
+#: Width of the block of seeds reserved for each split by :func:`split_seed`.
+SEED_BLOCK = 2**62
 
-    The 32-bit seed space is cut into one block per split, so a train task and a test task can
-    never be the same draw, however many tasks are sampled.
+
+def split_seed(rng: np.random.Generator, split: str) -> int:
+    """A seed for a chunk generator, drawn from ``rng`` in the block reserved for ``split``.
+
+    The 64-bit seed space is cut into one block of :data:`SEED_BLOCK` seeds per split, so a
+    chunk of meta-train tasks and one of meta-test tasks are never drawn from the same seed,
+    however many chunks are drawn. (Before the scikit-learn generators were vectorised, their
+    32-bit ``random_state`` values were reserved per split the same way.)
     """
-    block = 2**30
-    return SPLIT_INDEX[split] * block + int(rng.integers(block))
+    return SPLIT_INDEX[split] * SEED_BLOCK + int(rng.integers(SEED_BLOCK))
 
 
 @dataclass(frozen=True)
@@ -96,6 +156,17 @@ class TaskBatch:
             None if self.classes is None else self.classes[index],
         )
 
+    @staticmethod
+    def concat(batches: list[TaskBatch]) -> TaskBatch:
+        """The tasks of ``batches`` one after the other, as one batch."""
+        classes = [b.classes for b in batches]
+        return TaskBatch(
+            torch.cat([b.support_x for b in batches]), torch.cat([b.support_y for b in batches]),
+            torch.cat([b.query_x for b in batches]), torch.cat([b.query_y for b in batches]),
+            torch.cat([b.corrupted for b in batches]),
+            None if any(c is None for c in classes) else torch.cat(classes),  # type: ignore[misc]
+        )
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -120,6 +191,10 @@ class TaskFamily(ABC):
         default_meta_test_tasks: How many held-out tasks the final meta-test uses by default.
         default_alpha: Inner learning rate used when a run does not set one (a value that
             learns on this family with the default settings, not a tuned optimum).
+        chunk_tasks: Tasks drawn at once from a :class:`TaskStream` (see :meth:`sample`), or
+            None to draw each request as it comes (families whose tasks are large, or whose
+            stream must stay as it was). Part of the definition of the family's task streams:
+            changing it changes the tasks.
     """
 
     name: ClassVar[str]
@@ -127,6 +202,7 @@ class TaskFamily(ABC):
     task_type: ClassVar[str]
     default_meta_test_tasks: ClassVar[int] = 600
     default_alpha: ClassVar[float] = 0.01
+    chunk_tasks: ClassVar[int | None] = None
 
     shots: int
     query_shots: int
@@ -144,6 +220,13 @@ class TaskFamily(ABC):
     def sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> TaskBatch:
         """Sample ``n_tasks`` tasks of ``split`` as one stacked batch.
 
+        For a family with :attr:`chunk_tasks` set, tasks are drawn from a :class:`TaskStream`
+        (what :func:`task_rng` returns) in chunks of that many tasks by one vectorised
+        :meth:`_sample` call and handed out in order: the stream depends only on (seed, family,
+        split), however the tasks are requested, and a meta-iteration costs a slice, not a
+        generator call. Otherwise (or from any other :class:`numpy.random.Generator`), exactly
+        ``n_tasks`` tasks are drawn by one :meth:`_sample` call.
+
         Args:
             n_tasks: Number of tasks T.
             split: ``"train"``, ``"val"`` or ``"test"``.
@@ -155,7 +238,16 @@ class TaskFamily(ABC):
         """
         n_tasks = check_int("n_tasks", n_tasks)
         check_choice("split", split, SPLITS)
-        arrays = self._sample(n_tasks, split, rng)
+        if self.chunk_tasks is not None and isinstance(rng, TaskStream):
+            return rng.take(self, split, n_tasks)
+        return self._batch(self._sample(n_tasks, split, rng), n_tasks)
+
+    def draw_chunk(self, split: str, rng: np.random.Generator) -> TaskBatch:
+        """The next :attr:`chunk_tasks` tasks of ``split`` drawn from ``rng`` in one call."""
+        n = check_int("chunk_tasks", self.chunk_tasks)
+        return self._batch(self._sample(n, split, rng), n)
+
+    def _batch(self, arrays: dict[str, np.ndarray], n_tasks: int) -> TaskBatch:
         y_dtype = torch.long if self.task_type == "classification" else torch.float32
         classes = arrays.get("classes")
         return TaskBatch(

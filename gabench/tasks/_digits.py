@@ -27,6 +27,43 @@ def _images() -> tuple[np.ndarray, np.ndarray]:
     return (data.images / 16.0).astype(np.float32), data.target.astype(np.int64)
 
 
+@cache
+def _rotated_images() -> np.ndarray:
+    """Every image at every rotation: array of shape (4, n_images, 64), rotation r at index r
+    (``np.rot90`` by ``r`` quarter turns)."""
+    images, _ = _images()
+    return np.stack([np.rot90(images, k=r, axes=(1, 2)).reshape(len(images), 64)
+                     for r in range(4)])
+
+
+def sample_without_replacement(n_items: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Per row, ``n`` distinct indices below ``n_items[row]`` in random order, all rows at once.
+
+    Floyd's algorithm (a uniform random ``n``-subset in ``n`` vectorised steps, whatever the
+    population), followed by a uniform random order: the result is distributed as
+    ``rng.choice(n_items[row], n, replace=False)`` for every row, independently.
+
+    Args:
+        n_items: Integer array of shape (rows,), the population sizes (each ``>= n``).
+        n: Sample size.
+
+    Returns:
+        Integer array of shape (rows, n).
+
+    References:
+        J. Bentley, R. Floyd, "Programming pearls: a sample of brilliance", CACM 30(9), 1987.
+    """
+    rows = n_items.shape[0]
+    chosen = np.empty((rows, n), np.int64)
+    for i in range(n):
+        top = n_items - n + i  # draw t uniform in [0, top]; if already chosen, take top instead
+        t = (rng.random(rows) * (top + 1)).astype(np.int64)
+        taken = (chosen[:, :i] == t[:, None]).any(axis=1)
+        chosen[:, i] = np.where(taken, top, t)
+    order = np.argsort(rng.random((rows, n)), axis=1)
+    return np.take_along_axis(chosen, order, axis=1)
+
+
 class Digits(TaskFamily):
     """N-way K-shot classification of scikit-learn's 1797 8x8 digit images (offline data).
 
@@ -45,6 +82,8 @@ class Digits(TaskFamily):
         model: ``"mlp"`` (64-64-64-N) or ``"conv"`` (two 3x3 conv layers, 16 maps).
         hidden: Hidden width of the MLP.
     """
+
+    chunk_tasks = 500  # tasks drawn per vectorised call (see TaskFamily.sample)
 
     name = "digits"
     description = ("N-way K-shot on sklearn's 8x8 digits; train/val/test classes disjoint "
@@ -72,13 +111,18 @@ class Digits(TaskFamily):
         except ConfigError:
             raise ConfigError("ways", ways, f"an integer in [2, {smallest}] (the classes of the "
                               f"smallest split{'' if rotations else ' without rotations'})") from None
-        images, labels = _images()
+        _, labels = _images()
         per_class = int(np.bincount(labels).min())
         self.shots, self.query_shots = check_shots(self.name, shots, query_shots, per_class,
                                                    per="class")
         self.model = check_choice("model", model, ("mlp", "conv"))
         self.hidden = check_int("hidden", hidden)
-        self._by_digit = {d: np.flatnonzero(labels == d) for d in range(10)}
+        counts = np.bincount(labels, minlength=10)
+        #: Row d: the image indices of digit d (padded with -1), for vectorised sampling.
+        self._digit_images = np.full((10, int(counts.max())), -1, np.int64)
+        for d in range(10):
+            self._digit_images[d, : counts[d]] = np.flatnonzero(labels == d)
+        self._digit_counts = counts
         self._classes = {
             split: np.array([d * 4 + r for d in SPLIT_DIGITS[split] for r in range(n_rot)])
             for split in SPLITS
@@ -89,25 +133,18 @@ class Digits(TaskFamily):
         return self._classes[split]
 
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        images, _ = _images()
-        n = self.shots + self.query_shots
+        n, ways = self.shots + self.query_shots, self.ways
         pool = self._classes[split]
-        sx = np.empty((n_tasks, self.ways, self.shots, 64), np.float32)
-        qx = np.empty((n_tasks, self.ways, self.query_shots, 64), np.float32)
-        classes = np.empty((n_tasks, self.ways), np.int64)
-        for t in range(n_tasks):
-            chosen = rng.choice(pool, size=self.ways, replace=False)
-            classes[t] = chosen
-            for label, cls in enumerate(chosen):
-                digit, rot = divmod(int(cls), 4)
-                idx = rng.choice(self._by_digit[digit], size=n, replace=False)
-                img = np.rot90(images[idx], k=rot, axes=(1, 2)).reshape(n, 64)
-                sx[t, label], qx[t, label] = img[: self.shots], img[self.shots:]
-        labels = np.arange(self.ways)
-        return {
-            "support_x": sx.reshape(n_tasks, -1, 64),
+        classes = pool[np.argsort(rng.random((n_tasks, pool.size)), axis=1)[:, :ways]]
+        digit, rot = np.divmod(classes, 4)
+        pick = sample_without_replacement(self._digit_counts[digit.reshape(-1)], n, rng)
+        index = self._digit_images[digit.reshape(-1, 1), pick].reshape(n_tasks, ways, n)
+        bank, rot = _rotated_images(), rot[..., None]
+        labels = np.arange(ways)
+        return {  # images gathered straight into (n_tasks, ways * shots, 64), no copy after
+            "support_x": bank[rot, index[..., : self.shots]].reshape(n_tasks, -1, 64),
             "support_y": np.tile(np.repeat(labels, self.shots), (n_tasks, 1)),
-            "query_x": qx.reshape(n_tasks, -1, 64),
+            "query_x": bank[rot, index[..., self.shots:]].reshape(n_tasks, -1, 64),
             "query_y": np.tile(np.repeat(labels, self.query_shots), (n_tasks, 1)),
             "classes": classes,
         }

@@ -28,6 +28,8 @@ class LinearBinary(TaskFamily):
         structure_seed: Seed of the shared hyperplane.
     """
 
+    chunk_tasks = 500  # tasks drawn per vectorised call (see TaskFamily.sample)
+
     name = "linear-binary"
     description = "Learnable binary tasks of the book's shape: random hyperplanes near a shared one"
     task_type = "classification"
@@ -54,12 +56,16 @@ class LinearBinary(TaskFamily):
 
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
         w = self._w + self.task_spread * rng.standard_normal((n_tasks, self.dim)) / np.sqrt(self.dim)
+        w = w.astype(np.float32)[:, :, None]
         out = {}
         for part, k in (("support", self.shots), ("query", self.query_shots)):
-            x = rng.uniform(-1.0, 1.0, size=(n_tasks, k, self.dim))
-            y = (np.einsum("tkd,td->tk", x, w) > 0).astype(np.int64)
+            # U[-1, 1) drawn in float32, the inputs' dtype; labels from exactly these inputs
+            x = rng.random((n_tasks, k, self.dim), dtype=np.float32)
+            x *= 2
+            x -= 1
+            y = (x @ w)[..., 0] > 0
             flip = rng.random((n_tasks, k)) < self.label_noise
-            out[f"{part}_x"], out[f"{part}_y"] = x, np.where(flip, 1 - y, y)
+            out[f"{part}_x"], out[f"{part}_y"] = x, (y != flip).astype(np.int64)
         return out
 
     def make_model(self, generator: torch.Generator) -> nn.Module:

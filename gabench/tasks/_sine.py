@@ -30,6 +30,8 @@ class Sine(TaskFamily):
         Networks", ICML 2017, section 5.1.
     """
 
+    chunk_tasks = 500  # tasks drawn per vectorised call (see TaskFamily.sample)
+
     name = "sine"
     description = "Sine regression: A~U[0.1,5], phase~U[0,pi], x~U[-5,5]; MLP 1-40-40-1"
     task_type = "regression"
