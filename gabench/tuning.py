@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 
 from gabench._errors import ConfigError, check_choice, check_int, check_positive
+from gabench._redact import redact, scrub  # redact: also imported from here by gabench.study
 from gabench.config import RunConfig
 from gabench.results import Summary
 from gabench.trainer import Callback, DivergedError, Trainer
@@ -97,15 +98,6 @@ class TuneConfig:
 
 
 # --------------------------------------------------------------------------- storage
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``: an RDB URL (sqlite, postgresql, mysql) or ``journal:PATH``.
 
@@ -144,7 +136,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             error = exc
             time.sleep(delay)
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise ConfigError("--storage", redact(url), f"a reachable database ({first})")
+    raise ConfigError("--storage", redact(url), f"a reachable database ({scrub(first, url)})")
 
 
 # --------------------------------------------------------------------------- trials
@@ -333,7 +325,7 @@ def _parent_run(study: optuna.Study, tc: TuneConfig) -> str | None:
     from gabench.tracking._mlflow import experiment_id, git_commit
 
     client = MlflowClient(tc.tracking_uri)
-    key = f"mlflow_parent_run_id::{tc.tracking_uri}"
+    key = f"mlflow_parent_run_id::{redact(tc.tracking_uri)}"  # never the password
     run_id = study.user_attrs.get(key)
     if run_id:
         try:
