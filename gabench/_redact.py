@@ -52,9 +52,12 @@ def redact(url: str) -> str:
                 item = f"{key}={MASK}"
             pairs.append(item)
         query = "&".join(pairs)
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    # Substituted in place: urlunsplit would turn ``sqlite:///x`` into ``sqlite:/x``.
+    if netloc != parts.netloc:
+        url = url.replace("//" + parts.netloc, "//" + netloc, 1)
+    if query != parts.query:
+        url = url.replace("?" + parts.query, "?" + query, 1)
+    return url
 
 
 def secrets_of(url: str) -> list[str]:
