@@ -5,7 +5,7 @@ is created beforehand, so its one-off table creation is not counted; it is timed
 
     python benchmarks/tracking_overhead.py [--family sine] [--steps 2000] [--repeats 5]
 
-Training metrics go to MLflow as means over windows of ``ceil(steps / 200)`` steps, sent in
+Training metrics go to MLflow as means over windows of ``ceil(steps / 100)`` steps, sent in
 batches (see :class:`gabench.tracking.MLflowTracker`); results.parquet keeps every step.
 """
 

@@ -8,9 +8,15 @@ from gabench.tracking._mlflow import (
     run_display_name,
     task_weights_png,
 )
-from gabench.tracking._store import DEFAULT_DESCRIPTION, experiment_id, store_lock, tracking_client
+from gabench.tracking._store import (
+    DEFAULT_DESCRIPTION,
+    experiment_id,
+    set_terminated,
+    store_lock,
+    tracking_client,
+)
 from gabench.tracking._uri import check_tracking_uri, default_tracking_uri
 
 __all__ = ["DEFAULT_DESCRIPTION", "MLflowTracker", "check_tracking_uri", "default_tracking_uri",
            "experiment_id", "family_params", "git_commit", "learning_curve_png", "run_display_name",
-           "store_lock", "task_weights_png", "tracking_client"]
+           "set_terminated", "store_lock", "task_weights_png", "tracking_client"]

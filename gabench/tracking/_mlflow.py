@@ -15,7 +15,7 @@ from gabench import __version__
 from gabench._provenance import git_commit
 from gabench._redact import redact, scrub
 from gabench.results import RunResult, Summary
-from gabench.tracking._store import experiment_id, tracking_client
+from gabench.tracking._store import experiment_id, set_terminated, tracking_client
 from gabench.trainer import Callback
 
 if TYPE_CHECKING:
@@ -28,12 +28,14 @@ __all__ = ["MLflowTracker", "experiment_id", "family_params", "flatten", "learni
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 #: At most this many points per ``train/`` curve: longer runs log means over windows of
 #: ``ceil(steps / MAX_TRAIN_POINTS)`` steps (results.parquet keeps every step).
-MAX_TRAIN_POINTS = 200
+MAX_TRAIN_POINTS = 100
 #: Seconds between sends of buffered training metrics while a run trains (so that the MLflow UI
 #: follows a long run); everything is sent at each evaluation and at the end anyway.
 SEND_EVERY_S = 30.0
 #: ``weights.csv`` (a previewable copy of weights.parquet) is logged up to this many rows.
-MAX_WEIGHT_CSV_ROWS = 50_000
+MAX_WEIGHT_CSV_ROWS = 25_000
+#: PNGs with light zlib compression: a quarter of a figure's cost saved, files a little larger.
+PNG_FAST = {"compress_level": 1}
 
 
 def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
@@ -110,22 +112,25 @@ class MLflowTracker(Callback):
         self._pending_steps: list[np.ndarray] = []
         self._pending: dict[str, list[np.ndarray]] = {}
         self._outbox: list[tuple[str, float, int]] = []
+        self._tag_box: dict[str, str] = {}
         self._last_send = time.monotonic()
         self._family: TaskFamily | None = None
 
     # ------------------------------------------------------------------ sending
-    def _metrics(self, items: list[tuple[str, float, int]]) -> None:
+    def _send(self) -> None:
+        """Send the buffered metrics and tags, in as few ``log_batch`` calls as MLflow allows."""
         from mlflow.entities import Metric
 
+        items, self._outbox = self._outbox, []
+        tags, self._tag_box = self._tag_box, {}
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, int(s)) for k, v, s in items if not _is_nan(v)]
-        for i in range(0, len(metrics), MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_BATCH])
-
-    def _send(self) -> None:
-        if self._outbox:
-            items, self._outbox = self._outbox, []
-            self._metrics(items)
+        first = True
+        for i in range(0, max(len(metrics), 1), MAX_BATCH):
+            batch = metrics[i:i + MAX_BATCH]
+            if batch or (first and tags):
+                self.client.log_batch(self.run_id, metrics=batch, tags=_tags(tags) if first else [])
+            first = False
         self._last_send = time.monotonic()
 
     def _windows(self, final: bool) -> None:
@@ -216,11 +221,10 @@ class MLflowTracker(Callback):
         t0 = time.perf_counter()
         self._windows(final=split == "test")
         self._outbox.extend((f"{split}/{m}", s.mean, step) for m, s in summary.items())
-        if split == "test":
-            self.client.log_batch(self.run_id, tags=_tags({
-                f"test_ci95.{m}": f"[{s.ci_low:.6g}, {s.ci_high:.6g}]"
-                for m, s in summary.items()}))
-        if split == "test" or time.monotonic() - self._last_send > SEND_EVERY_S:
+        if split == "test":  # sent with the rest at the end (or by fail)
+            self._tag_box.update({f"test_ci95.{m}": f"[{s.ci_low:.6g}, {s.ci_high:.6g}]"
+                                  for m, s in summary.items()})
+        elif time.monotonic() - self._last_send > SEND_EVERY_S:
             self._send()
         self.seconds += time.perf_counter() - t0
 
@@ -245,7 +249,7 @@ class MLflowTracker(Callback):
             if 0 < len(result.weights) <= MAX_WEIGHT_CSV_ROWS:
                 _write_csv(result.weights, out / "weights.csv")
             self.client.log_artifacts(self.run_id, str(out))
-        self.client.set_terminated(self.run_id, "FINISHED")
+        set_terminated(self.client, self.run_id, "FINISHED", self.tracking_uri)
         self.seconds += time.perf_counter() - t0
 
     def on_fail(self, exc: BaseException) -> None:
@@ -264,7 +268,7 @@ class MLflowTracker(Callback):
         except Exception:  # the reason and status matter more than the last points
             self._outbox = []
         self.client.set_tag(self.run_id, "failure_reason", scrub(reason, self.tracking_uri)[:5000])
-        self.client.set_terminated(self.run_id, status)
+        set_terminated(self.client, self.run_id, status, self.tracking_uri)
 
 
 def _write_csv(table: Any, path: Path) -> None:
@@ -290,7 +294,7 @@ def _figure(width: float, height: float) -> Any:
     fixed margins (``tight_layout`` would draw every figure twice: a third of the tracker's cost)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=90)
     fig.subplots_adjust(left=0.11, right=0.98, top=0.91, bottom=0.13)
     return fig
 
@@ -313,7 +317,8 @@ def learning_curve_png(result: RunResult, path: Path) -> Path:
     if len(train):
         window = max(1, len(train) // 50)
         smooth = train.value.rolling(window, min_periods=1).mean()
-        ax.plot(train.step, train.value, color="tab:blue", alpha=0.2, lw=0.8)
+        thin = max(1, len(train) // 1000)  # the raw curve drawn with at most ~1000 points
+        ax.plot(train.step.iloc[::thin], train.value.iloc[::thin], color="tab:blue", alpha=0.2, lw=0.8)
         ax.plot(train.step, smooth, color="tab:blue", lw=1.5,
                 label=f"meta-train query loss (moving mean, {window} steps)")
     if len(val):
@@ -330,7 +335,7 @@ def learning_curve_png(result: RunResult, path: Path) -> Path:
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.savefig(path)
+    fig.savefig(path, pil_kwargs=PNG_FAST)
     return path
 
 
@@ -344,7 +349,14 @@ def task_weights_png(result: RunResult, path: Path, max_points: int = 5_000) -> 
     w = result.weights
     fig = _figure(7, 4)
     ax = fig.subplots()
-    if len(w):
+    values = w.weight.to_numpy()
+    if len(w) and np.ptp(values) <= 1e-12 * max(1.0, abs(float(values[0]))):
+        # The plain mean (or any constant weighting): one line says it all.
+        T = int(w.task.max()) + 1
+        ax.plot([w.step.min(), w.step.max()], [values[0]] * 2, color="tab:blue", lw=1.5,
+                label=f"every task: weight {values[0]:.4g} (1/T = 1/{T})")
+        ax.legend(fontsize=8)
+    elif len(w):
         T = int(w.task.max()) + 1
         steps = np.sort(w.step.unique())
         keep = steps[::max(1, math.ceil(len(w) / max_points))]
@@ -352,10 +364,10 @@ def task_weights_png(result: RunResult, path: Path, max_points: int = 5_000) -> 
         clean, bad = dots[~dots.corrupted], dots[dots.corrupted]
         alpha = min(0.7, max(0.15, 1000 / max(1, len(dots))))
         ax.scatter(clean.step, clean.weight, s=4, color="tab:blue", alpha=alpha, lw=0,
-                   label="clean task", rasterized=True)
+                   label="clean task")
         if len(bad):
             ax.scatter(bad.step, bad.weight, s=9, color="tab:red", alpha=0.6, marker="x", lw=0.7,
-                       label="corrupted task", rasterized=True)
+                       label="corrupted task")
         window = max(1, len(steps) // 50)
         means = w.groupby(["step", "corrupted"]).weight.mean().unstack("corrupted")
         for flag, color, label in ((False, "tab:blue", "clean"), (True, "tab:red", "corrupted")):
@@ -370,5 +382,5 @@ def task_weights_png(result: RunResult, path: Path, max_points: int = 5_000) -> 
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("task weight in its meta-batch")
     ax.grid(alpha=0.3)
-    fig.savefig(path)
+    fig.savefig(path, pil_kwargs=PNG_FAST)
     return path

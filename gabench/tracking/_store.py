@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -175,3 +177,20 @@ def experiment_id(client: MlflowClient, tracking_uri: str, name: str,
                     return exp.experiment_id
                 time.sleep(delay)
             raise
+
+
+def set_terminated(client: MlflowClient, run_id: str, status: str, tracking_uri: str) -> None:
+    """End run ``run_id`` with ``status`` (FINISHED, FAILED or KILLED).
+
+    MLflow prints links to the run for a tracking server (``View run ... at: URL``), built from
+    the URI *with* its credentials; they are printed here with the password masked instead.
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            client.set_terminated(run_id, status)
+    finally:
+        text = captured.getvalue()
+        if text:
+            sys.stdout.write(scrub(text, tracking_uri))
+            sys.stdout.flush()
