@@ -3,7 +3,7 @@ in one process, median wall and CPU times side by side and their ratios (the tar
 <= 1.10 on sine; on a busy machine the CPU-time ratio is the steadier figure). The SQLite store
 is created beforehand, so its one-off table creation is not counted; it is timed separately.
 
-    python benchmarks/tracking_overhead.py [--family sine] [--steps 2000] [--repeats 5]
+    python benchmarks/tracking_overhead.py [--family sine] [--steps 2000] [--repeats 5] [--aggregator ga]
 
 Training metrics go to MLflow as means over windows of ``ceil(steps / 100)`` steps, sent in
 batches (see :class:`gabench.tracking.MLflowTracker`); results.parquet keeps every step.
@@ -27,8 +27,10 @@ def main() -> None:
     p.add_argument("--family", default="sine")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--aggregator", default="mean", help="mean (the default run) or ga")
     args = p.parse_args()
-    config = RunConfig(family=args.family, steps=args.steps, eval_every=max(1, args.steps // 5))
+    config = RunConfig(family=args.family, steps=args.steps, eval_every=max(1, args.steps // 5),
+                       aggregator=args.aggregator)
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         t0 = time.perf_counter()
@@ -52,8 +54,8 @@ def main() -> None:
             tracked_cpu.append(time.process_time() - c0)
             inside.append(tracker.seconds)
     mp, mt, mi, cp, ct = (statistics.median(v) for v in (plain, tracked, inside, plain_cpu, tracked_cpu))
-    print(f"{args.family}, {args.steps} steps, {args.repeats} alternated repeats after one tracked "
-          "warm-up run (medians):")
+    print(f"{args.family} {config.method}, {args.steps} steps, {args.repeats} alternated repeats "
+          "after one tracked warm-up run (medians):")
     print(f"  untracked         {mp:.2f} s   {' '.join(f'{v:.2f}' for v in plain)}")
     print(f"  tracked           {mt:.2f} s   {' '.join(f'{v:.2f}' for v in tracked)}")
     print(f"  ratio             {mt / mp:.3f}   (tracked / untracked; per-pair median "

@@ -77,8 +77,9 @@ class MLflowTracker(Callback):
       ``val/*`` at each meta-validation; ``test/*`` once (means; the bounds are in the tags and
       config.json, so that they do not fill the chart view with single points).
     - artifacts: results.parquet (every step), weights.parquet, config.json (with the resolved
-      family parameters and the test summaries), learning_curve.png, task_weights.png and,
-      up to :data:`MAX_WEIGHT_CSV_ROWS` rows, weights.csv (previewable in the UI).
+      family parameters and the test summaries), learning_curve.png, task_weights.png (when
+      the weights vary: not for the plain mean, whose weights are all 1/T) and, up to
+      :data:`MAX_WEIGHT_CSV_ROWS` rows, weights.csv (previewable in the UI).
 
     Args:
         tracking_uri: Where to track (checked beforehand with
@@ -245,7 +246,9 @@ class MLflowTracker(Callback):
                  "wall_seconds": result.wall_seconds, "train_log_stride": self.stride},
                 indent=2, default=str) + "\n")
             learning_curve_png(result, out / "learning_curve.png")
-            task_weights_png(result, out / "task_weights.png")
+            weights = result.weights.weight.to_numpy()
+            if len(weights) and np.ptp(weights) > 1e-12 * max(1.0, abs(float(weights[0]))):
+                task_weights_png(result, out / "task_weights.png")  # not for the plain mean's 1/T
             if 0 < len(result.weights) <= MAX_WEIGHT_CSV_ROWS:
                 _write_csv(result.weights, out / "weights.csv")
             self.client.log_artifacts(self.run_id, str(out))
