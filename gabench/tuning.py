@@ -27,6 +27,7 @@ import optuna
 
 from gabench._errors import ConfigError, check_choice, check_int, check_positive
 from gabench._processes import StopRequest, Terminated, die_with_parent, sigterm_raises
+from gabench._redact import redact, scrub
 from gabench.config import MAX_LEARNING_RATE, RunConfig
 from gabench.results import Summary
 from gabench.trainer import Callback, DivergedError, Trainer
@@ -116,15 +117,6 @@ class TuneConfig:
 
 
 # --------------------------------------------------------------------------- storage
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def make_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``: an RDB URL (sqlite, postgresql, mysql) or ``journal:PATH``.
 
@@ -177,7 +169,7 @@ def make_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             error = exc
             time.sleep(delay)
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise ConfigError("--storage", redact(url), f"a reachable database ({first})")
+    raise ConfigError("--storage", redact(url), f"a reachable database ({scrub(first, url)})")
 
 
 # --------------------------------------------------------------------------- trials
@@ -563,7 +555,7 @@ def _parent_run(study: optuna.Study, tc: TuneConfig) -> str | None:
     from gabench.tracking._mlflow import experiment_id, git_commit
 
     client = MlflowClient(tc.tracking_uri)
-    key = f"mlflow_parent_run_id::{tc.tracking_uri}"
+    key = f"mlflow_parent_run_id::{redact(tc.tracking_uri)}"  # never the password
     run_id = study.user_attrs.get(key)
     if run_id:
         try:
@@ -630,40 +622,75 @@ def summarise(study: optuna.Study, tc: TuneConfig, parent_run_id: str | None) ->
                           if f"best_{k}" not in existing]
                 client.set_tag(parent_run_id, "best_trial", str(best.number))
             client.log_batch(parent_run_id, metrics=metrics, params=params)
-            client.set_terminated(parent_run_id, "FINISHED")
+            from gabench.tracking import set_terminated  # MLflow's "View run" line, redacted
+
+            set_terminated(client, parent_run_id, "FINISHED", tc.tracking_uri)
     return summary
 
 
 def write_plots(study: optuna.Study, out: Path) -> list[Path]:
-    """Optimisation history, parameter importances and the alpha x beta contour as PNGs."""
+    """Optimisation history, parameter importances and the alpha x beta contour as PNGs.
+
+    Titles name the study and the objective. A loss objective whose values are all positive is
+    drawn on a log scale (history: log y axis; contour: colours by log10 of the loss), so that
+    one diverging trial does not flatten every other one; log-scaled parameter axes get at most
+    a few, slanted tick labels, so that they do not overlap.
+    """
     import warnings
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, MaxNLocator
     from optuna.visualization import matplotlib as ovm
 
-    written = []
-    plots: list[tuple[str, Callable[[], Any]]] = [
-        ("optimization_history.png", lambda: ovm.plot_optimization_history(study)),
-        ("contour_alpha_beta.png", lambda: ovm.plot_contour(study, params=["alpha", "beta"])),
-    ]
+    metric = OBJECTIVES.get(study.user_attrs.get("objective", "loss"), OBJECTIVES["loss"])[0]
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    values = [t.value for t in complete if t.value is not None]
+    log_loss = study.direction.name == "MINIMIZE" and bool(values) and min(values) > 0
+    better = "lower" if study.direction.name == "MINIMIZE" else "higher"
+    name = f"val {metric}"
+    contour_kwargs: dict[str, Any] = {"target_name": name}
+    if log_loss:
+        contour_kwargs = {"target": lambda t: math.log10(t.value), "target_name": f"log10 {name}"}
+    written = []
+    plots: list[tuple[str, str, Callable[[], Any]]] = [
+        ("optimization_history.png", f"{study.study_name}: {name} by trial ({better} is better)",
+         lambda: ovm.plot_optimization_history(study, target_name=name)),
+        ("contour_alpha_beta.png", f"{study.study_name}: {contour_kwargs['target_name']} over "
+                                   "alpha and beta (completed trials)",
+         lambda: ovm.plot_contour(study, params=["alpha", "beta"], **contour_kwargs)),
+    ]
     if len(complete) >= 2:
-        plots.append(("param_importances.png", lambda: ovm.plot_param_importances(study)))
+        plots.append(("param_importances.png",
+                      f"{study.study_name}: importance of each tuned parameter for {name}",
+                      lambda: ovm.plot_param_importances(study, target_name=name)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backends are "experimental"
-        for name, make in plots:
+        for filename, title, make in plots:
             try:
                 ax = make()
             except (ValueError, RuntimeError) as exc:  # too few trials for this plot
-                print(f"[{study.study_name}] {name} skipped: {exc}", file=sys.stderr)
+                print(f"[{study.study_name}] {filename} skipped: {exc}", file=sys.stderr)
                 continue
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            axes = list(ax.flat) if hasattr(ax, "flat") else [ax]
+            fig = axes[0].figure
+            for a in axes:
+                a.set_title("")
+                for axis in (a.xaxis, a.yaxis):
+                    if axis.get_scale() == "log":
+                        axis.set_major_locator(LogLocator(numticks=5))
+                if a.xaxis.get_scale() == "log":
+                    a.tick_params(axis="x", labelrotation=30)
+            if filename == "optimization_history.png":
+                axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+                if log_loss:
+                    axes[0].set_yscale("log")
+            fig.suptitle(title, fontsize=10)
             fig.set_size_inches(7, 5)
             fig.tight_layout()
-            fig.savefig(out / name, dpi=110)
+            fig.savefig(out / filename, dpi=110)
             plt.close(fig)
-            written.append(out / name)
+            written.append(out / filename)
     return written

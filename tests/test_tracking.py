@@ -72,7 +72,7 @@ def test_run_is_tracked_on_a_real_server(mlflow_server, tmp_path, capsys):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name == "linear-binary__maml__ga__s3"
+    assert run.info.run_name == "maml+ga · linear-binary · s3 · 0.34 outliers"
     assert run.info.status == "FINISHED"
     params, tags = run.data.params, run.data.tags
     assert params["family"] == "linear-binary" and params["aggregator"] == "ga"
@@ -88,9 +88,12 @@ def test_run_is_tracked_on_a_real_server(mlflow_server, tmp_path, capsys):
     val = client.get_metric_history(run.info.run_id, "val/acc_post")
     assert sorted(m.step for m in val) == [0, 3, 6]
     metrics = run.data.metrics
-    assert metrics["test/acc_post_ci_low"] <= metrics["test/acc_post"] <= metrics["test/acc_post_ci_high"]
+    low, high = (float(v) for v in tags["test_ci95.acc_post"].strip("[]").split(","))
+    assert low <= metrics["test/acc_post"] <= high
+    assert not [k for k in metrics if "_ci_" in k]  # the bounds are tags, not single-point charts
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert names == {"results.parquet", "weights.parquet", "config.json", "learning_curve.png"}
+    assert names == {"results.parquet", "weights.parquet", "config.json", "learning_curve.png",
+                     "task_weights.png", "weights.csv"}
     local = client.download_artifacts(run.info.run_id, "results.parquet", str(tmp_path))
     pd.testing.assert_frame_equal(pd.read_parquet(local), pd.read_parquet(out / "results.parquet"))
 
@@ -105,7 +108,7 @@ def test_default_store_is_sqlite_in_working_directory(tmp_path, monkeypatch):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("gabench")
     (run,) = client.search_runs([exp.experiment_id])
-    assert run.info.run_name == "sine__maml__mean__s0"
+    assert run.info.run_name == "maml · sine · s0"
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "learning_curve.png" in arts
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts next to the database
