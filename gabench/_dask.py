@@ -396,9 +396,9 @@ def _collect(client: Client, futures: dict[Future, PlannedRun], write: Writer, t
 
 
 def _experiment_id(tracking_uri: str, name: str) -> str:
-    from mlflow import MlflowClient
+    from gabench.tracking import tracking_client
 
-    exp = MlflowClient(tracking_uri).get_experiment_by_name(name)
+    exp = tracking_client(tracking_uri).get_experiment_by_name(name)
     if exp is None:  # prepare() just created it
         raise RuntimeError(f"MLflow experiment {name!r} not found at {tracking_uri}")
     return exp.experiment_id
@@ -416,9 +416,9 @@ def close_lost_attempts(tracking_uri: str, experiment_id: str, key: str, keep: s
     Returns:
         The number of runs marked KILLED.
     """
-    from mlflow import MlflowClient
+    from gabench.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     lost = client.search_runs([experiment_id], filter_string=f"tags.dask_key = '{key}' and "
                                                             "attributes.status = 'RUNNING'")
     reason = (f"its Dask worker was lost mid-run; redone as MLflow run {keep}" if keep

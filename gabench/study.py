@@ -221,7 +221,8 @@ def best_params(tuned: Tuned) -> dict[str, float]:
 def _best_params(storage: str, study: str) -> tuple[tuple[str, float], ...]:
     import optuna
 
-    from gabench.tuning import make_storage, redact
+    from gabench._redact import redact
+    from gabench.tuning import make_storage
 
     try:  # the storages `gabench tune` writes, journal:PATH included; reading creates nothing
         opened = make_storage(storage, create=False)

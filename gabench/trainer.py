@@ -133,8 +133,12 @@ class Trainer:
         }
         self.config: dict[str, Any] = {**dataclasses.asdict(config),
                                        "alpha": float(getattr(self.algorithm, "alpha", alpha))}
-        if hasattr(self.aggregator, "config"):  # the resolved parameters, defaults included
-            self.config["aggregator_params"] = self.aggregator.config()
+        # The plug-ins' effective parameters, defaults included (``config`` keeps what was asked
+        # for, which is what identifies the run): recorded in config.json and MLflow.
+        self.resolved: dict[str, Any] = {
+            "family_params": dict(base.config()) if hasattr(base, "config") else {},
+            "aggregator_params": self.aggregator.config() if hasattr(self.aggregator, "config") else {},
+        }
         self.log_every = log_every
         self.meta_test = meta_test
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads)
@@ -318,7 +322,7 @@ class Trainer:
         result = RunResult(
             config=self.config, results=self._table(rows, train_log, stat_names),
             weights=self._weights_table(weight_log, corrupt_log), test=test, wall_seconds=wall,
-            test_best_val=test_best, best_val_step=best["step"],
+            test_best_val=test_best, best_val_step=best["step"], extra={"resolved": self.resolved},
         )
         for cb in self.callbacks:
             cb.on_end(result)

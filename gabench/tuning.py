@@ -550,11 +550,10 @@ def _parent_run(study: optuna.Study, tc: TuneConfig) -> str | None:
     """The study's MLflow parent run, created once and remembered in the study."""
     if tc.tracking_uri is None:
         return None
-    from mlflow import MlflowClient
+    from gabench.tracking import experiment_id, tracking_client
+    from gabench.tracking._mlflow import git_commit
 
-    from gabench.tracking._mlflow import experiment_id, git_commit
-
-    client = MlflowClient(tc.tracking_uri)
+    client = tracking_client(tc.tracking_uri)
     key = f"mlflow_parent_run_id::{redact(tc.tracking_uri)}"  # never the password
     run_id = study.user_attrs.get(key)
     if run_id:
@@ -563,7 +562,9 @@ def _parent_run(study: optuna.Study, tc: TuneConfig) -> str | None:
             return run_id
         except Exception:  # deleted or another store: make a new one
             pass
-    exp = experiment_id(client, tc.tracking_uri, tc.experiment)
+    exp = experiment_id(client, tc.tracking_uri, tc.experiment,
+                        "Optuna studies of gabench (`gabench tune`): one parent run per study, one child "
+                        "run per trial (meta-validation only; no meta-test inside tuning).")
     tags = {"optuna_study": tc.study_name, "family": tc.base.family, "method": tc.base.method,
             "storage": redact(tc.storage)}
     if git_commit():
@@ -606,10 +607,11 @@ def summarise(study: optuna.Study, tc: TuneConfig, parent_run_id: str | None) ->
             for f in out.iterdir():
                 (tc.out / f.name).write_bytes(f.read_bytes())
         if parent_run_id is not None:
-            from mlflow import MlflowClient
             from mlflow.entities import Metric, Param
 
-            client = MlflowClient(tc.tracking_uri)
+            from gabench.tracking import tracking_client
+
+            client = tracking_client(tc.tracking_uri)
             client.log_artifacts(parent_run_id, str(out))
             now = int(time.time() * 1000)
             metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in summary["trials"].items()]

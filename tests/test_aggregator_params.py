@@ -18,8 +18,10 @@ def test_run_takes_aggregator_parameters_and_records_them_resolved(tmp_path):
     out = tmp_path / "r"
     assert main(["run", "--steps", "2", "--test-tasks", "4", "--aggregator", "cagrad", "-A", "c=0.25",
                  "--no-tracking", "--out", str(out)]) == 0
-    config = json.loads((out / "config.json").read_text())["config"]
-    assert config["aggregator_params"] == {"c": 0.25, "norm_eps": 0.0001}  # the default too
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["config"]["aggregator_params"] == {"c": "0.25"}  # as asked: the run's identity
+    assert recorded["resolved"]["aggregator_params"] == {"c": 0.25, "norm_eps": 0.0001}  # defaults too
+    assert recorded["resolved"]["family_params"]["shots"] == 10  # sine's default, recorded
 
 
 def test_bad_aggregator_parameters_are_one_line_errors(tmp_path, capsys):

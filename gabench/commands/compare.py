@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         return 143 if isinstance(exc, Terminated) else 130
     print(f"{out.finished}/{out.planned} runs finished; table: {out.study_dir / 'results.parquet'}")
     if tracking_uri is not None:
-        print(f"tracked in MLflow ({tracking_uri}, experiment {experiment!r})")
+        from gabench._redact import redact
+
+        print(f"tracked in MLflow ({redact(tracking_uri)}, experiment {experiment!r})")
     if out.failures:
         print(f"gabench compare: error: {len(out.failures)} run(s) failed: "
               + "; ".join(f"{k}: {v}" for k, v in out.failures.items()), file=sys.stderr)

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     written = write_run(out, result, args.overwrite)
     print_summary(result, written)
     if tracker is not None:
-        print(f"tracked in MLflow run {tracker.run_id} ({tracking_uri}, experiment "
+        from gabench._redact import redact
+
+        print(f"tracked in MLflow run {tracker.run_id} ({redact(tracking_uri)}, experiment "
               f"{args.experiment!r}; tracking took {tracker.seconds:.2f} s)")
     return 0
 

@@ -35,20 +35,29 @@ class TrackRuns:
     def prepare(self, study: str) -> str:
         """Create (or find) the experiment in this process, before any worker starts: a new
         SQLite store gets its tables here, not from two workers racing to migrate it."""
-        from mlflow import MlflowClient
-
-        from gabench.tracking._mlflow import experiment_id
+        from gabench.tracking import experiment_id, tracking_client
 
         name = self.experiment or f"gabench-{study}"
-        experiment_id(MlflowClient(self.tracking_uri), self.tracking_uri, name)
+        experiment_id(tracking_client(self.tracking_uri), self.tracking_uri, name,
+                      self.description(study))
         return name
+
+    @staticmethod
+    def description(study: str) -> str:
+        """The experiment's description (MLflow's ``mlflow.note.content``)."""
+        return (f"Runs of the gabench study `{study}` (`gabench compare`): one MLflow run per planned "
+                "run, named `method · family · seed`. The result tables and the report are the record; "
+                "MLflow mirrors them for browsing.")
 
     def __call__(self, run: PlannedRun, study: str) -> list[Callback]:
         from gabench.tracking import MLflowTracker
+        from gabench.tracking._mlflow import run_display_name
 
         tags = {"study": study, "study_run": run.run_id, "family_label": run.family_label,
                 "method_label": run.method_label}
         if run.setting:
             tags["setting"] = run.setting_label
         return [MLflowTracker(self.tracking_uri, self.experiment or f"gabench-{study}",
-                              run_name=f"{study}__{run.run_id}", tags=tags)]
+                              run_name=run_display_name(run.method_label, run.family_label, run.config.seed,
+                                                        run.setting_label),
+                              tags=tags, description=self.description(study))]
