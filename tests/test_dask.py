@@ -416,7 +416,7 @@ def test_workers_track_to_the_server_and_lost_attempts_are_closed(cluster, mlflo
     assert len(tracked) == len(by_run) == 3  # one MLflow run per planned run
     for run in runs:
         r = by_run[run.run_id]
-        assert r.info.run_name == f"tiny__{run.run_id}"
+        assert r.info.run_name == f"{run.method_label} · {run.family_label} · s{run.config.seed}"
         assert r.data.tags["dask_key"].startswith(f"gabench-tiny-{run.run_id}-")
         if run.method_label == "diverging":
             assert r.info.status == "FAILED" and "diverged" in r.data.tags["failure_reason"]
