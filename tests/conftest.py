@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
-
-class GlobalRNGGuard:
-    """Snapshots the global Python, NumPy and torch RNG states; ``unchanged()`` compares."""
-
-    def __init__(self) -> None:
-        self.py = random.getstate()
-        self.np = np.random.get_state()  # noqa: NPY002 - the state being guarded
-        self.torch = torch.random.get_rng_state().clone()
-
-    def unchanged(self) -> bool:
-        np_now = np.random.get_state()  # noqa: NPY002
-        return (
-            random.getstate() == self.py
-            and all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-                    for a, b in zip(self.np, np_now, strict=True))
-            and torch.equal(torch.random.get_rng_state(), self.torch)
-        )
+from gabench.testing._rng import GlobalRNGGuard
 
 
 @pytest.fixture
 def rng_guard() -> GlobalRNGGuard:
     """Seeds the global RNGs, then snapshots them: the code under test must not touch them."""
-    random.seed(123)
-    np.random.seed(123)  # noqa: NPY002 - setting the state we check is left alone
-    torch.manual_seed(123)
-    return GlobalRNGGuard()
+    return GlobalRNGGuard.seeded(123)
 
 
 def central_differences(p: torch.Tensor, objective, h: float = 1e-6) -> torch.Tensor:

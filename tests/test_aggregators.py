@@ -1,4 +1,5 @@
-"""Aggregator weights against hand computations, plus the contract every aggregator passes."""
+"""Aggregator weights against hand computations (the contract every aggregator passes is in
+test_contracts.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import pytest
 import torch
 
 from gabench.aggregators import (
-    AGGREGATORS,
     GradientAgreement,
     GradientAgreementBook,
     Mean,
@@ -76,37 +76,6 @@ def test_weight_stats():
     assert s["w_eff_n"].item() == pytest.approx(1.0 / (0.0625 + 0.25 + 0.0625))
     assert s["w_mean_corrupted"].item() == -0.25 and s["w_mean_clean"].item() == 0.375
     assert weight_stats(torch.full((4,), 0.25))["w_eff_n"].item() == pytest.approx(4.0)
-
-
-@pytest.mark.parametrize("name", list(AGGREGATORS))
-class TestAggregatorContract:
-    """What every aggregator must do."""
-
-    def test_shape_dtype_device(self, name):
-        G = torch.randn(6, 9, generator=torch.Generator().manual_seed(1))
-        w = AGGREGATORS[name]().weights(G)
-        assert w.shape == (6,) and w.dtype == G.dtype and w.device == G.device
-
-    def test_scale_invariant_and_finite(self, name):
-        G = torch.randn(5, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-        agg = AGGREGATORS[name]()
-        torch.testing.assert_close(agg.weights(G), agg.weights(1e-3 * G))
-        assert torch.isfinite(agg.weights(torch.zeros(5, 4))).all()
-
-    def test_single_task_and_aggregate(self, name):
-        agg = AGGREGATORS[name]()
-        G = t([[3.0, -1.0]])
-        torch.testing.assert_close(agg.weights(G), t([1.0]))
-        G = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-        torch.testing.assert_close(agg.aggregate(G), agg.weights(G) @ G)
-
-    def test_rejects_bad_shapes(self, name):
-        with pytest.raises(ValueError, match="n_tasks"):
-            AGGREGATORS[name]().weights(torch.zeros(3))
-
-    def test_no_global_rng(self, name, rng_guard):
-        AGGREGATORS[name]().weights(torch.ones(3, 2))
-        assert rng_guard.unchanged()
 
 
 def test_mean_is_uniform():
