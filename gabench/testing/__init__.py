@@ -10,22 +10,20 @@ method::
         def make_aggregator(self):
             return MyWeighting()
 
-=========================  =====================================  ==============================
-suite                      method to implement                    checks
-=========================  =====================================  ==============================
-:class:`TaskFamilyContract`  ``make_family(self) -> TaskFamily``    batch shapes and dtypes, seeded
-                                                                    determinism, disjoint splits,
-                                                                    model, loss and accuracy
-:class:`AlgorithmContract`   ``make_algorithm(self) -> Algorithm``  directions against a per-task
-                                                                    autograd loop, determinism
-:class:`AggregatorContract`  ``make_aggregator(self) -> Aggregator`` weights: shape, finiteness,
-                                                                    degenerate input, permutation
-                                                                    equivariance, scale
-=========================  =====================================  ==============================
+- :class:`TaskFamilyContract`: implement ``make_family(self) -> TaskFamily``. Checks batch
+  shapes and dtypes, seeded determinism, disjoint splits, the model, its loss and accuracy, and
+  that the model works batched over tasks.
+- :class:`AlgorithmContract`: implement ``make_algorithm(self) -> Algorithm``. Checks the step's
+  shapes and constants, the inner loop against a per-task autograd loop, the batch's direction
+  against its tasks stepped one at a time, evaluation and determinism.
+- :class:`AggregatorContract`: implement ``make_aggregator(self) -> Aggregator``. Checks the
+  weights' shape, dtype and device, finiteness on degenerate matrices, one task, permutation
+  equivariance and scale invariance.
 
-The suites use no fixtures beyond pytest itself. This subpackage needs pytest (the ``test``
-extra); ``import gabench`` never imports it. gabench's own tests run every suite over every
-registered family, algorithm and aggregator (``tests/test_contracts.py``).
+Each class docstring lists its checks in full. The suites use no fixtures beyond pytest itself.
+This subpackage needs pytest (the ``test`` extra); ``import gabench`` never imports it.
+gabench's own tests run every suite over every registered family, algorithm and aggregator
+(``tests/test_contracts.py``).
 """
 
 from gabench.testing._aggregator import AggregatorContract
