@@ -38,16 +38,16 @@ def central_differences(p: torch.Tensor, objective, h: float = 1e-6) -> torch.Te
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the long tests first: the learning tests (``slow``), then the ones that start
-    processes or servers (``integration``), then the rest, each group in its usual order.
+    """Run the long tests first: those that start processes or servers (``integration``), then
+    the learning tests (``slow``), then the rest, each group in its usual order.
 
-    Under pytest-xdist this makes the long tests start at once on separate workers, while the
-    many short tests fill in around them, instead of one long test starting last.
+    Under pytest-xdist the long tests then start at once on separate workers while the many
+    short tests fill in around them, instead of a long test starting last.
     """
     def rank(item: pytest.Item) -> int:
-        if item.get_closest_marker("slow"):
-            return 0
         if item.get_closest_marker("integration"):
+            return 0
+        if item.get_closest_marker("slow"):
             return 1
         return 2
 
