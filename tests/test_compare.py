@@ -235,7 +235,9 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_killed(tmp_path):
     from mlflow import MlflowClient
 
-    path = study_file(tmp_path, STUDY.replace("steps = 3", "steps = 3000"))
+    # runs that last seconds, so that some are in progress when SIGTERM comes (the resume
+    # below reruns those: more steps would only make it longer)
+    path = study_file(tmp_path, STUDY.replace("steps = 3", "steps = 1000"))
     out = tmp_path / "runs"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
