@@ -37,12 +37,14 @@ def central_differences(p: torch.Tensor, objective, h: float = 1e-6) -> torch.Te
     return fd
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the long tests first: those that start processes or servers (``integration``), then
-    the learning tests (``slow``), then the rest, each group in its usual order.
+    """Order and group the tests for pytest-xdist (``-n auto --dist loadgroup``, as tox runs).
 
-    Under pytest-xdist the long tests then start at once on separate workers while the many
-    short tests fill in around them, instead of a long test starting last.
+    The tests that start processes or servers (``integration``) each keep two or more processes
+    busy already, so two of them side by side only contend for the cores: they form one group
+    that runs on one worker, one after the other, while the other workers take the rest. They
+    run first, then the learning tests (``slow``), then the rest, each in its usual order.
     """
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("integration"):
@@ -52,3 +54,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 2
 
     items.sort(key=rank)
+    for item in items:
+        if item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
