@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
-
-class GlobalRNGGuard:
-    """Snapshots the global Python, NumPy and torch RNG states; ``unchanged()`` compares."""
-
-    def __init__(self) -> None:
-        self.py = random.getstate()
-        self.np = np.random.get_state()  # noqa: NPY002 - the state being guarded
-        self.torch = torch.random.get_rng_state().clone()
-
-    def unchanged(self) -> bool:
-        np_now = np.random.get_state()  # noqa: NPY002
-        return (
-            random.getstate() == self.py
-            and all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-                    for a, b in zip(self.np, np_now, strict=True))
-            and torch.equal(torch.random.get_rng_state(), self.torch)
-        )
+from gabench.testing._rng import GlobalRNGGuard
 
 
 @pytest.fixture
 def rng_guard() -> GlobalRNGGuard:
     """Seeds the global RNGs, then snapshots them: the code under test must not touch them."""
-    random.seed(123)
-    np.random.seed(123)  # noqa: NPY002 - setting the state we check is left alone
-    torch.manual_seed(123)
-    return GlobalRNGGuard()
+    return GlobalRNGGuard.seeded(123)
 
 
 def central_differences(p: torch.Tensor, objective, h: float = 1e-6) -> torch.Tensor:
@@ -80,3 +59,25 @@ def image_datasets(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order and group the tests for pytest-xdist (``-n auto --dist loadgroup``, as tox runs).
+
+    The tests that start processes or servers (``integration``) each keep two or more processes
+    busy already, so two of them side by side only contend for the cores: they form one group
+    that runs on one worker, one after the other, while the other workers take the rest. They
+    run first, then the learning tests (``slow``), then the rest, each in its usual order.
+    """
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("integration"):
+            return 0
+        if item.get_closest_marker("slow"):
+            return 1
+        return 2
+
+    items.sort(key=rank)
+    for item in items:
+        if item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.xdist_group("processes"))

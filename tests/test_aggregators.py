@@ -1,4 +1,5 @@
-"""Aggregator weights against hand computations, plus the contract every aggregator passes."""
+"""Aggregator weights against hand computations (the contract every aggregator passes is in
+test_contracts.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import pytest
 import torch
 
 from gabench.aggregators import (
-    AGGREGATORS,
-    UPDATES,
     GradientAgreement,
     GradientAgreementTextbook,
     Mean,
@@ -77,47 +76,6 @@ def test_weight_stats():
     assert s["w_eff_n"].item() == pytest.approx(1.0 / (0.0625 + 0.25 + 0.0625))
     assert s["w_mean_corrupted"].item() == -0.25 and s["w_mean_clean"].item() == 0.375
     assert weight_stats(torch.full((4,), 0.25))["w_eff_n"].item() == pytest.approx(4.0)
-
-
-@pytest.mark.parametrize("name", list(AGGREGATORS))
-class TestAggregatorContract:
-    """What every aggregator must do."""
-
-    def test_shape_dtype_device(self, name):
-        G = torch.randn(6, 9, generator=torch.Generator().manual_seed(1))
-        w = AGGREGATORS[name]().weights(G)
-        assert w.shape == (6,) and w.dtype == G.dtype and w.device == G.device
-        d, w2 = AGGREGATORS[name]().combine(G)
-        assert d.shape == (9,) and d.dtype == G.dtype and w2.shape == (6,)
-
-    def test_finite_and_weights_scale_invariant(self, name):
-        G = torch.randn(5, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-        agg = AGGREGATORS[name]()
-        assert torch.isfinite(agg.combine(torch.zeros(5, 4))[0]).all()
-        if agg.matrix == UPDATES:  # GA-style weightings ignore the scale of the updates
-            torch.testing.assert_close(agg.weights(G), agg.weights(1e-3 * G))
-            assert torch.isfinite(agg.weights(torch.zeros(5, 4))).all()
-
-    def test_single_task_and_combine(self, name):
-        agg = AGGREGATORS[name]()
-        G = t([[3.0, -1.0]])
-        d, _ = agg.combine(G)
-        assert torch.linalg.vector_norm(d) > 0 and torch.dot(d, G[0]) == pytest.approx(
-            float(torch.linalg.vector_norm(d) * torch.linalg.vector_norm(G[0])))  # along g_1
-        if agg.matrix == UPDATES:
-            torch.testing.assert_close(agg.weights(G), t([1.0]))
-        G = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-        d, w = agg.combine(G)
-        if not torch.isnan(w).any():  # weighted aggregators: the direction is sum_i w_i g_i
-            torch.testing.assert_close(d, w @ G)
-
-    def test_rejects_bad_shapes(self, name):
-        with pytest.raises(ValueError, match="n_tasks"):
-            AGGREGATORS[name]().weights(torch.zeros(3))
-
-    def test_no_global_rng(self, name, rng_guard):
-        AGGREGATORS[name]().weights(torch.ones(3, 2))
-        assert rng_guard.unchanged()
 
 
 def test_mean_is_uniform():

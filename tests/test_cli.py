@@ -110,6 +110,7 @@ def test_unwritable_out_and_existing_results(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "file"]
 
 
+@pytest.mark.integration
 def test_console_script_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gabench", "run", "--alpha", "-1"],
                           capture_output=True, text=True, cwd=tmp_path)

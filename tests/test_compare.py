@@ -101,6 +101,7 @@ def test_resume_after_interruption_counts_each_run_once(tmp_path):
     assert third.ran == 0 and run_ids_in_table(study_dir).is_unique
 
 
+@pytest.mark.integration
 def test_kill_9_then_resume(tmp_path):
     text = STUDY.replace("steps = 3", "steps = 150")
     path = study_file(tmp_path, text)
@@ -176,6 +177,7 @@ def test_callbacks_for_hook_reaches_every_run(tmp_path):
     assert sorted(Recorder.ended) == sorted(f"sine__maml__{a}__s{s}" for s in (0, 1) for a in ("mean", "ga"))
 
 
+@pytest.mark.integration
 def test_workers_run_in_separate_processes(tmp_path):
     study = load_study(study_file(tmp_path, STUDY.replace("seeds = 2", "seeds = 1")))
     result = run_study(study, tmp_path / "runs", workers=2)
@@ -188,6 +190,7 @@ def test_workers_run_in_separate_processes(tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.integration
 def test_compare_tracks_every_run_in_mlflow_from_two_workers(tmp_path, capsys):
     from mlflow import MlflowClient
 
@@ -229,11 +232,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_killed(tmp_path):
     from mlflow import MlflowClient
 
-    path = study_file(tmp_path, STUDY.replace("steps = 3", "steps = 3000"))
+    # runs that last seconds, so that some are in progress when SIGTERM comes (the resume
+    # below reruns those: more steps would only make it longer)
+    path = study_file(tmp_path, STUDY.replace("steps = 3", "steps = 1000"))
     out = tmp_path / "runs"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,4 @@
-"""The contract every task family passes, and family-specific checks."""
+"""Family-specific checks (the contract every family passes is in test_contracts.py)."""
 
 from __future__ import annotations
 
@@ -19,67 +19,6 @@ from gabench.tasks import (
     make_family,
     task_rng,
 )
-
-
-@pytest.mark.parametrize("name", list(FAMILIES))
-class TestFamilyContract:
-    """What every family must do."""
-
-    def test_shapes_and_dtypes(self, name):
-        fam = FAMILIES[name]()
-        b = fam.sample(3, "train", task_rng(0, name, "train"))
-        per = fam.ways if fam.task_type == "classification" and not isinstance(fam, TextbookBinary) \
-            and name != "linear-binary" else 1
-        assert b.support_x.shape[:2] == (3, fam.shots * per)
-        assert b.query_x.shape[:2] == (3, fam.query_shots * per)
-        assert b.support_y.shape == b.support_x.shape[:2]
-        assert b.query_y.shape == b.query_x.shape[:2]
-        assert b.support_x.dtype == torch.float32 and b.corrupted.shape == (3,)
-        if fam.task_type == "classification":
-            assert b.support_y.dtype == torch.long
-            assert set(b.support_y.unique().tolist()) <= set(range(fam.ways))
-        else:
-            assert b.support_y.dtype == torch.float32
-        out = fam.make_model(init_generator(0, name))(b.support_x[0])
-        assert out.shape == (b.support_x.shape[1], fam.n_outputs)
-        assert torch.isfinite(fam.loss(out, b.support_y[0]))
-
-    def test_same_seed_same_tasks_and_model(self, name):
-        fam = FAMILIES[name]()
-        a = fam.sample(2, "train", task_rng(5, name, "train"))
-        b = fam.sample(2, "train", task_rng(5, name, "train"))
-        c = fam.sample(2, "train", task_rng(6, name, "train"))
-        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
-        assert not torch.equal(a.support_x, c.support_x)
-        m1, m2 = fam.make_model(init_generator(5, name)), fam.make_model(init_generator(5, name))
-        for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
-            assert torch.equal(p, q)
-
-    def test_splits_are_disjoint(self, name):
-        fam = FAMILIES[name]()
-        batches = {s: fam.sample(20, s, task_rng(0, name, s)) for s in ("train", "val", "test")}
-        if batches["train"].classes is not None:
-            sets = {s: set(b.classes.flatten().tolist()) for s, b in batches.items()}
-            assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"]
-            assert not sets["val"] & sets["test"]
-        else:
-            rows = {s: {tuple(r) for r in b.query_x.reshape(-1, b.query_x.shape[-1]).tolist()}
-                    for s, b in batches.items()}
-            assert not rows["train"] & rows["test"] and not rows["train"] & rows["val"]
-
-    def test_no_global_rng(self, name, rng_guard):
-        fam = FAMILIES[name]()
-        fam.sample(2, "train", task_rng(0, name, "train"))
-        fam.make_model(init_generator(0, name))
-        assert rng_guard.unchanged()
-
-    def test_unknown_parameter_is_named(self, name):
-        with pytest.raises(ConfigError, match=f"{name}.bogus"):
-            make_family(name, {"bogus": 1})
-
-    def test_impossible_shots(self, name):
-        with pytest.raises(ConfigError, match="shots"):
-            FAMILIES[name](shots=0)
 
 
 def test_book_binary_is_the_textbook_sampler():

@@ -57,6 +57,7 @@ def mlflow_server(tmp_path_factory):
         proc.kill()
 
 
+@pytest.mark.integration
 def test_run_is_tracked_on_a_real_server(mlflow_server, tmp_path, capsys):
     from mlflow import MlflowClient
 
@@ -121,6 +122,7 @@ def test_no_tracking_writes_no_store(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
 
+@pytest.mark.integration
 def test_unreachable_server_fails_before_training(tmp_path):
     port = free_port()  # nothing listens there
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}

@@ -83,6 +83,7 @@ def test_several_methods_get_the_same_budget_and_suggestions(tmp_path, monkeypat
     assert a.trials[0].params == b.trials[0].params  # same seeded sampler: paired suggestions
 
 
+@pytest.mark.integration
 def test_two_local_workers_share_one_journal_study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["tune", *BASE, "--workers", "2", "--trials", "4", "--no-tracking",
@@ -112,6 +113,7 @@ def test_bad_tuning_input(args, named, tmp_path, monkeypatch, capsys):
 POSTGRES = os.environ.get("GABENCH_TEST_POSTGRES_URL")
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not POSTGRES and not os.environ.get("GABENCH_REQUIRE_POSTGRES"),
                     reason="set GABENCH_TEST_POSTGRES_URL (bash .ci/postgres.sh starts a server)")
 def test_two_worker_processes_share_a_postgresql_study(tmp_path):
