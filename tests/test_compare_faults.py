@@ -115,6 +115,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
+@pytest.mark.integration
 def test_kill_9_of_compare_takes_its_workers_with_it(tmp_path):
     text = STUDY.replace("steps = 3", "steps = 3000").replace("seeds = 2", "seeds = 4")
     path = study_file(tmp_path, text)

@@ -45,6 +45,9 @@ from gabench.results import RunResult, write_run
 from gabench.study import PlannedRun, Study, load_study
 from gabench.trainer import Callback
 
+# every test here starts processes or servers (real Dask/MLflow/SQLite peers)
+pytestmark = pytest.mark.integration
+
 STUDY = """
 name = "tiny"
 seeds = 2

@@ -28,7 +28,8 @@ DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
 
 #: Files whose references must stay inside the repository.
-SCOPE = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md", DOCS]
+SCOPE = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md", DOCS, ROOT / "gabench",
+         ROOT / "studies", ROOT / "tests", ROOT / "benchmarks", ROOT / "reports"]
 #: Names of notes that live outside the repository (spelt in two pieces so that this file does
 #: not contain them itself and the scope can include tests/).
 FORBIDDEN = ("../" + "shared", "ALGORITHM" + ".md", "DESIGN" + ".md")

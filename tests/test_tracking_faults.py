@@ -24,6 +24,9 @@ from gabench.tasks import FAMILIES
 from gabench.tracking import MLflowTracker, check_tracking_uri, tracking_client
 from gabench.trainer import Trainer
 
+# every test here starts processes or servers (real Dask/MLflow/SQLite peers)
+pytestmark = pytest.mark.integration
+
 TINY = ["--steps", "2", "--meta-batch", "2", "--test-tasks", "4", "--val-tasks", "2", "--no-progress"]
 
 

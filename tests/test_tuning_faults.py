@@ -62,6 +62,7 @@ def test_trial_seeds_differ_per_trial_and_per_seed():
     assert len(seeds) == 150
 
 
+@pytest.mark.integration
 def test_two_processes_on_one_journal_study_run_distinct_points(tmp_path):
     """The README's "same command on each machine", as two processes on one journal file."""
     journal = f"journal:{tmp_path / 'shared.journal'}"
@@ -135,6 +136,7 @@ def _wait_for_running(storage: str, name: str, n: int, timeout: float = 120) -> 
 SLOW = ["--steps", "400", "--eval-every", "100"]  # trials long enough to be caught running
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_sigterm_stops_the_workers_and_marks_their_trials_failed(tmp_path, kind):
     storage = (f"journal:{tmp_path / 'x.journal'}" if kind == "journal"
@@ -159,6 +161,7 @@ def test_sigterm_stops_the_workers_and_marks_their_trials_failed(tmp_path, kind)
     assert len(load(storage, "t").trials) >= 6
 
 
+@pytest.mark.integration
 def test_kill_9_of_the_parent_takes_the_workers_with_it(tmp_path):
     storage = f"journal:{tmp_path / 'k.journal'}"
     cmd = [sys.executable, "-m", "gabench", "tune", *CLI, *SLOW, "--storage", storage,
