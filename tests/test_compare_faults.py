@@ -14,34 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_compare import STUDY, study_file
 
 from gabench._errors import ConfigError
 from gabench.commands import main
 from gabench.compare import execute_run, run_state, run_study
 from gabench.study import StudyError, load_study
 from gabench.trainer import DivergedError, Trainer
-
-STUDY = """
-name = "tiny"
-seeds = 2
-[defaults]
-steps = 3
-meta_batch = 2
-test_tasks = 4
-eval_every = 0
-[families.sine]
-[methods.maml]
-algorithm = "maml"
-[methods."maml+ga"]
-algorithm = "maml"
-aggregator = "ga"
-"""
-
-
-def study_file(tmp_path: Path, text: str = STUDY) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 @pytest.mark.parametrize("exc", [

@@ -191,8 +191,11 @@ def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
             for fut in finished:
                 yield fut.result()
     except BaseException:
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        procs = list(getattr(pool, "_processes", {}).values())
+        for proc in procs:
             proc.terminate()  # a half-written run leaves only a temporary directory
+        for proc in procs:  # let each mark its run KILLED before this process (their parent) exits
+            proc.join(timeout=60)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

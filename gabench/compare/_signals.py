@@ -28,8 +28,13 @@ STATE = _ProcessState()
 
 
 def _worker_sigterm(signum: int, frame: Any) -> None:
-    """A pool worker being stopped: let the active run mark itself KILLED, then exit."""
+    """A pool worker being stopped: let the active run mark itself KILLED, then exit.
+
+    Further SIGTERMs (e.g. the one sent when the parent exits) are ignored from then on, so
+    that they cannot interrupt the run while it records its failure; the worker exits right
+    after (:func:`exit_if_terminated_worker`)."""
     if STATE.run_active:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated(f"signal {signum}")
     os._exit(128 + signum)
 
