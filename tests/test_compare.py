@@ -235,7 +235,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_killed(tmp_path):
-    from mlflow import MlflowClient
+    from gabench.tracking._store import tracking_client
 
     # runs that last seconds, so that some are in progress when SIGTERM comes (the resume
     # below reruns those: more steps would only make it longer)
@@ -246,10 +246,13 @@ def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_kill
     proc = subprocess.Popen([sys.executable, "-m", "gabench", "compare", str(path), "--out-root", str(out),
                              "--workers", "2", "--tracking-uri", uri],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    client = MlflowClient(uri)
+    # gabench's own client creates the store under the same lock as the compare: a bare
+    # MlflowClient would migrate the new file concurrently with it (the very race the lock is for)
+    client = tracking_client(uri)
     deadline = time.time() + 180
     while time.time() < deadline:  # wait until both workers have started a tracked run
-        exp = client.get_experiment_by_name("gabench-tiny") if (tmp_path / "mlflow.db").exists() else None
+        assert proc.poll() is None, f"compare exited early: {proc.communicate()[1]}"
+        exp = client.get_experiment_by_name("gabench-tiny")
         if exp is not None and len(client.search_runs([exp.experiment_id])) >= 2:
             break
         time.sleep(0.2)
