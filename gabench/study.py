@@ -36,10 +36,33 @@ File format (every key but ``families`` and ``methods`` is optional)::
 
 Precedence, lowest first: ``[defaults]``, the family's settings, the method's, the method's
 ``families.<label>`` table, the ``tuned`` alpha and beta, the ``[settings]`` grid.
+
+A ``[tuning]`` table makes the study a tuned comparison: every method's alpha and beta are
+tuned per family (and grid point) by ``gabench tune --study FILE``, with one protocol for all,
+and the compared runs take the best trial's values::
+
+    [tuning]
+    storage = "journal:tuned.journal"  # relative paths are relative to this file
+    trials = 30                      # finished trials every (family, method) study must hold
+    sampler_seed = 0                 # the same TPE seed for every method
+    seed = 1000                      # the tasks seed of every trial; not one of `seeds`
+    prune_warmup = 2                 # validations before the median pruner may stop a trial
+    objective = "loss"               # or "acc"
+    select = "best_val"              # trial value: best validation, or "final"
+    alpha_range = [0.001, 1.0]       # log-uniform search ranges
+    beta_range = [0.0001, 0.1]
+
+    [families.sine]
+    tuning = { alpha_range = [0.001, 0.3] }   # this family's ranges
+
+The Optuna study of one cell is named ``<study>__<family>__<method>`` (plus
+``__<key>-<value>`` for each grid setting), like a run id without its seed. While a cell holds
+fewer than ``trials`` finished trials, the comparison refuses to run and says which.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -91,10 +114,58 @@ class Tuned:
     Attributes:
         storage: Optuna storage URL (``sqlite:///tuning.db``).
         study: Study name; ``{family}`` and ``{method}`` are replaced by the labels.
+        min_trials: Finished trials the study must hold before its best trial is used (a
+            study file's ``[tuning]`` budget; 0: any completed trial will do).
     """
 
     storage: str
     study: str
+    min_trials: int = 0
+
+
+#: Keys of a study's ``[tuning]`` table, and those a family's ``tuning`` table may override.
+TUNING_KEYS = ("storage", "trials", "sampler_seed", "seed", "prune_warmup", "objective", "select",
+               "alpha_range", "beta_range")
+FAMILY_TUNING_KEYS = ("alpha_range", "beta_range")
+SELECTS = ("best_val", "final")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A study's ``[tuning]`` protocol: the same for every family and method."""
+
+    storage: str
+    """Optuna storage URL (a relative ``journal:`` or ``sqlite:///`` path resolved against the
+    study file's folder)."""
+    trials: int = 30
+    sampler_seed: int = 0
+    seed: int = 1000
+    prune_warmup: int = 2
+    objective: str = "loss"
+    select: str = "best_val"
+    alpha_range: tuple[float, float] = (1e-3, 1.0)
+    beta_range: tuple[float, float] = (1e-4, 1e-1)
+
+
+@dataclass(frozen=True)
+class TuningTask:
+    """One Optuna study of a ``[tuning]`` study file: one family (and grid point) x method.
+
+    Attributes:
+        name: The Optuna study name (``<study>__<family>__<method>[__<setting>]``).
+        config: The run every trial starts from (seed: the tuning seed); alpha and beta are
+            replaced by the sampler's suggestions.
+        family_label, method_label, setting: Where the cell sits in the study.
+        alpha_range, beta_range: The log-uniform search ranges for this family.
+    """
+
+    name: str
+    config: RunConfig
+    family_label: str
+    method_label: str
+    setting: dict[str, Any]
+    alpha_range: tuple[float, float]
+    beta_range: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -136,6 +207,8 @@ class Study:
         pairs: GA-style method label -> the baseline label it is compared with.
         settings: The grid, key -> values (empty without ``[settings]``).
         runs: The plan: seed-major, then family, setting and method.
+        tuning: The ``[tuning]`` protocol (None: alpha and beta are set in the file).
+        tuning_tasks: One Optuna study per family (and grid point) x method under ``tuning``.
     """
 
     name: str
@@ -147,6 +220,8 @@ class Study:
     pairs: dict[str, str]
     settings: dict[str, list[Any]]
     runs: list[PlannedRun]
+    tuning: Tuning | None = None
+    tuning_tasks: list[TuningTask] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """What ``study.json`` records about the plan (JSON-serialisable)."""
@@ -156,6 +231,7 @@ class Study:
             "methods": {k: {"algorithm": a, "aggregator": g, "first_order": fo}
                         for k, (a, g, fo) in self.methods.items()},
             "pairs": self.pairs, "settings": self.settings,
+            "tuning": None if self.tuning is None else dataclasses.asdict(self.tuning),
             "runs": [{"run_id": r.run_id, "family_label": r.family_label,
                       "method_label": r.method_label, "setting": r.setting_label,
                       "seed": r.config.seed, "alpha": r.config.effective_alpha, "beta": r.config.beta,
@@ -184,13 +260,17 @@ def _id_part(key: str, value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- loading
-def load_study(path: str | Path, *, load_tuned: Callable[[Tuned], dict[str, float]] | None = None) -> Study:
+def load_study(path: str | Path, *, load_tuned: Callable[[Tuned], dict[str, float]] | None = None,
+               resolve_tuned: bool = True) -> Study:
     """Read, validate and expand a study file.
 
     Args:
         path: The ``.toml`` file.
         load_tuned: Returns ``{"alpha": ..., "beta": ...}`` for a :class:`Tuned` reference
             (default: the best trial's parameters through ``optuna.load_study``).
+        resolve_tuned: False: leave the alpha and beta of a ``[tuning]`` study's runs at their
+            untuned values instead of reading the Optuna storage (for ``gabench tune --study``,
+            which produces them, and readers that need only the plan's shape).
 
     Returns:
         The :class:`Study` with its plan of validated runs.
@@ -209,16 +289,16 @@ def load_study(path: str | Path, *, load_tuned: Callable[[Tuned], dict[str, floa
         raise StudyError(path, "", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(path, "", f"is not valid TOML ({exc})") from None
-    return _StudyReader(path, load_tuned or best_params).parse(raw)
+    return _StudyReader(path, load_tuned or best_params, resolve_tuned).parse(raw)
 
 
 def best_params(tuned: Tuned) -> dict[str, float]:
     """``alpha`` and ``beta`` of the best trial of an Optuna study (optuna imported lazily)."""
-    return dict(_best_params(tuned.storage, tuned.study))
+    return dict(_best_params(tuned.storage, tuned.study, tuned.min_trials))
 
 
 @cache
-def _best_params(storage: str, study: str) -> tuple[tuple[str, float], ...]:
+def _best_params(storage: str, study: str, min_trials: int = 0) -> tuple[tuple[str, float], ...]:
     import optuna
 
     from gabench._redact import redact
@@ -229,9 +309,16 @@ def _best_params(storage: str, study: str) -> tuple[tuple[str, float], ...]:
     except ConfigError as exc:
         raise ValueError(f"cannot open Optuna storage {redact(storage)!r} (expected {exc.allowed})") from None
     try:
-        params = optuna.load_study(study_name=study, storage=opened).best_params
+        loaded = optuna.load_study(study_name=study, storage=opened)
     except KeyError:
-        raise ValueError(f"no Optuna study {study!r} in {redact(storage)}") from None
+        raise ValueError(f"no Optuna study {study!r} in {redact(storage)} (not tuned yet)") from None
+    finished = len(loaded.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)))
+    if finished < min_trials:
+        raise ValueError(f"Optuna study {study!r} in {redact(storage)} holds {finished} of its "
+                         f"{min_trials} trials (tuning not finished)")
+    try:
+        params = loaded.best_params
     except ValueError as exc:  # e.g. no completed trial yet
         raise ValueError(f"Optuna study {study!r} in {redact(storage)}: {exc}") from None
     return tuple(sorted(params.items()))
@@ -241,13 +328,17 @@ class _StudyReader:
     """Reads and validates one parsed study file into a :class:`Study`; every error names the
     key path."""
 
-    TOP = ("name", "description", "seeds", "defaults", "settings", "families", "methods")
-    FAMILY = ("family", "params", "settings", *RUN_KEYS)
+    TOP = ("name", "description", "seeds", "defaults", "settings", "tuning", "families", "methods")
+    FAMILY = ("family", "params", "settings", "tuning", *RUN_KEYS)
     METHOD = (*METHOD_KEYS, "baseline", "tuned", "families", *RUN_KEYS)
 
-    def __init__(self, path: Path, load_tuned: Callable[[Tuned], dict[str, float]]) -> None:
+    def __init__(self, path: Path, load_tuned: Callable[[Tuned], dict[str, float]],
+                 resolve_tuned: bool = True) -> None:
         self.path = path
         self.load_tuned = load_tuned
+        self.resolve_tuned = resolve_tuned
+        self.tuning: Tuning | None = None
+        self.study_name = ""
 
     def error(self, key: str, problem: str) -> StudyError:
         return StudyError(self.path, key, problem)
@@ -309,8 +400,12 @@ class _StudyReader:
         if not isinstance(description, str):
             raise self.error("description", f"expected a string, got {_describe(description)}")
         seeds = self.seeds(raw.get("seeds", 3))
+        self.study_name = name
+        if "tuning" in raw:
+            self.tuning = self.tuning_table(raw["tuning"], seeds)
         defaults = self.run_settings("defaults", self.table("defaults", raw.get("defaults", {}), RUN_KEYS),
                                      ())
+        self.untuned("defaults", defaults)
         grid = self.grid("settings", raw.get("settings", {}))
         if "families" not in raw:
             raise self.error("families", "missing; declare at least one [families.<label>] table")
@@ -326,11 +421,94 @@ class _StudyReader:
         meths = {label: self.method(label, spec, list(fams)) for label, spec in methods.items()}
         runs = self.expand(name, seeds, defaults, grid, fams, meths)
         pairs = self.pairs(meths)
+        tasks = [] if self.tuning is None else self.tuning_tasks(defaults, grid, fams, meths)
         return Study(
             name=name, path=self.path, description=description, seeds=seeds, families=list(fams),
             methods={k: (m["algorithm"], m["aggregator"], m["first_order"]) for k, m in meths.items()},
             pairs=pairs, settings={k: [v for v, _ in vals] for k, vals in grid.items()}, runs=runs,
+            tuning=self.tuning, tuning_tasks=tasks,
         )
+
+    def tuning_table(self, value: Any, seeds: list[int]) -> Tuning:
+        """``[tuning]``: the protocol every (family, method) study is tuned with."""
+        data = self.table("tuning", value, TUNING_KEYS)
+        if not isinstance(data.get("storage"), str) or not data["storage"]:
+            raise self.error("tuning.storage", "missing; expected an Optuna storage such as "
+                             "\"journal:tuned.journal\" (relative to this file)")
+        out: dict[str, Any] = {"storage": self.storage_url(data["storage"])}
+        for name, minimum in (("trials", 1), ("sampler_seed", 0), ("seed", 0), ("prune_warmup", 0)):
+            if name in data:
+                v = data[name]
+                if not isinstance(v, int) or isinstance(v, bool) or not minimum <= v <= MAX_SEED:
+                    raise self.error(_join("tuning", name),
+                                     f"expected an integer in [{minimum}, {MAX_SEED}], got {v!r}")
+                out[name] = v
+        for name, allowed in (("objective", ("loss", "acc")), ("select", SELECTS)):
+            if name in data:
+                if data[name] not in allowed:
+                    raise self.error(_join("tuning", name), f"expected one of {', '.join(allowed)}, "
+                                     f"got {data[name]!r}")
+                out[name] = data[name]
+        out.update(self.ranges("tuning", data))
+        tuning = Tuning(**out)
+        if tuning.seed in seeds:
+            raise self.error("tuning.seed", f"{tuning.seed} is also an evaluation seed; tuning seeds "
+                             "must be disjoint from `seeds` (e.g. 1000)")
+        return tuning
+
+    def ranges(self, key: str, data: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        from gabench.config import MAX_LEARNING_RATE
+
+        out = {}
+        for name in FAMILY_TUNING_KEYS:
+            if name not in data:
+                continue
+            v = data[name]
+            ok = (isinstance(v, list) and len(v) == 2
+                  and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+                  and 0 < v[0] < v[1] <= MAX_LEARNING_RATE)
+            if not ok:
+                raise self.error(_join(key, name), f"expected [LOW, HIGH] with 0 < LOW < HIGH <= "
+                                 f"{MAX_LEARNING_RATE:g}, got {v!r}")
+            out[name] = (float(v[0]), float(v[1]))
+        return out
+
+    def storage_url(self, url: str) -> str:
+        """A relative ``journal:`` or ``sqlite:///`` path, resolved against the study file's folder."""
+        base = self.path.parent
+        if url.startswith("journal:") and not Path(url[len("journal:"):]).is_absolute():
+            return "journal:" + str(base / url[len("journal:"):])
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            return "sqlite:///" + str((base / url[len("sqlite:///"):]).absolute())
+        return url
+
+    def untuned(self, key: str, values: dict[str, tuple[Any, str]]) -> None:
+        """Under ``[tuning]``, alpha and beta come from the tuner only."""
+        if self.tuning is None:
+            return
+        for part in ("alpha", "beta"):
+            if part in values:
+                raise self.error(values[part][1], "set by [tuning] in this study (alpha and beta are "
+                                 "tuned); remove it")
+
+    def tuning_name(self, flabel: str, mlabel: str, point: list[tuple[str, Any, str]]) -> str:
+        return "__".join([self.study_name, flabel, mlabel, *(_id_part(k, v) for k, v, _ in point)])
+
+    def tuning_tasks(self, defaults: dict[str, tuple[Any, str]], grid: dict[str, list[tuple[Any, str]]],
+                     fams: dict[str, dict[str, Any]], meths: dict[str, dict[str, Any]]) -> list[TuningTask]:
+        assert self.tuning is not None
+        tasks = []
+        for flabel, fam in fams.items():
+            fgrid = fam["grid"] if fam["grid"] is not None else grid
+            ranges = {"alpha_range": self.tuning.alpha_range, "beta_range": self.tuning.beta_range,
+                      **fam["tuning"]}
+            for point in _grid_points(fgrid):
+                for mlabel, meth in meths.items():
+                    run = self.run(self.tuning.seed, flabel, fam, mlabel, meth, defaults, point,
+                                   resolve=False)
+                    tasks.append(TuningTask(self.tuning_name(flabel, mlabel, point), run.config, flabel,
+                                            mlabel, run.setting, **ranges))
+        return tasks
 
     def seeds(self, value: Any) -> list[int]:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -384,9 +562,17 @@ class _StudyReader:
             raise self.error(where, f"unknown family {registry!r}; expected one of " + ", ".join(families)
                              + (" (or set family = NAME in the table)" if "family" not in spec else ""))
         params = self.table(_join(key, "params"), spec.get("params", {}))
+        tuning: dict[str, tuple[float, float]] = {}
+        if "tuning" in spec:
+            tk = _join(key, "tuning")
+            if self.tuning is None:
+                raise self.error(tk, "only a study with a [tuning] table tunes; add one or remove this")
+            tuning = self.ranges(tk, self.table(tk, spec["tuning"], FAMILY_TUNING_KEYS))
+        run = self.run_settings(key, spec, ("family", "params", "settings", "tuning"))
+        self.untuned(key, run)
         return {
-            "family": registry, "params": params, "key": key,
-            "run": self.run_settings(key, spec, ("family", "params", "settings")),
+            "family": registry, "params": params, "key": key, "tuning": tuning,
+            "run": run,
             "grid": self.grid(_join(key, "settings"), spec["settings"]) if "settings" in spec else None,
         }
 
@@ -401,6 +587,9 @@ class _StudyReader:
         for name in METHOD_KEYS:
             out[name] = self.run_value(_join(key, name), name, spec.get(name, getattr(defaults, name)))
         out["run"] = self.run_settings(key, spec, (*METHOD_KEYS, "baseline", "tuned", "families"))
+        self.untuned(key, out["run"])
+        if self.tuning is not None and "tuned" in spec:
+            raise self.error(_join(key, "tuned"), "this study's [tuning] table tunes every method; remove it")
         out["baseline"] = spec.get("baseline")
         if out["baseline"] is not None and not isinstance(out["baseline"], str):
             raise self.error(_join(key, "baseline"),
@@ -428,6 +617,7 @@ class _StudyReader:
                     if part in fspec:
                         raise self.error(_join(fk, part), "set both here and by `tuned`; keep one")
             out["per_family"][flabel] = self.run_settings(fk, fspec, ())
+            self.untuned(fk, out["per_family"][flabel])
         return out
 
     def pairs(self, methods: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -471,12 +661,15 @@ class _StudyReader:
         return runs
 
     def run(self, seed: int, flabel: str, fam: dict[str, Any], mlabel: str, meth: dict[str, Any],
-            defaults: dict[str, tuple[Any, str]], point: list[tuple[str, Any, str]]) -> PlannedRun:
+            defaults: dict[str, tuple[Any, str]], point: list[tuple[str, Any, str]],
+            resolve: bool = True) -> PlannedRun:
         values: dict[str, tuple[Any, str]] = {}
         for layer in (defaults, fam["run"], meth["run"], meth["per_family"].get(flabel, {})):
             values.update(layer)
         if meth["tuned"] is not None:
             values.update(self.tuned(meth, mlabel, flabel))
+        if self.tuning is not None and resolve and self.resolve_tuned:
+            values.update(self.from_tuning(flabel, mlabel, point))
         params = {k: (v, _join(_join(fam["key"], "params"), k)) for k, v in fam["params"].items()}
         setting: dict[str, Any] = {}
         for name, value, key in point:
@@ -495,6 +688,18 @@ class _StudyReader:
             raise self.error(_provenance(exc.param, values, params, fam), str(exc)) from None
         run_id = "__".join([flabel, mlabel, f"s{seed}", *(_id_part(k, v) for k, v in setting.items())])
         return PlannedRun(run_id, config, flabel, mlabel, setting)
+
+    def from_tuning(self, flabel: str, mlabel: str,
+                    point: list[tuple[str, Any, str]]) -> dict[str, tuple[Any, str]]:
+        """Alpha and beta of the best trial of this cell's ``[tuning]`` study."""
+        assert self.tuning is not None
+        name = self.tuning_name(flabel, mlabel, point)
+        ref = Tuned(self.tuning.storage, name, self.tuning.trials)
+        try:
+            params = self.load_tuned(ref)
+        except (ValueError, ImportError) as exc:
+            raise self.error("tuning", f"{exc}; run `gabench tune --study {self.path}` first") from None
+        return {part: (float(params[part]), f"tuning (study {name!r})") for part in ("alpha", "beta")}
 
     def tuned(self, meth: dict[str, Any], mlabel: str, flabel: str) -> dict[str, tuple[Any, str]]:
         t: Tuned = meth["tuned"]

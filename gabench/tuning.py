@@ -35,6 +35,8 @@ from gabench.trainer import Callback, DivergedError, Trainer
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
 OBJECTIVES = {"loss": ("loss_post", "minimize"), "acc": ("acc_post", "maximize")}
+SELECTS = {"best_val": "the best meta-validation of the trial",
+           "final": "the last meta-validation of the trial"}
 
 
 @dataclass
@@ -64,6 +66,9 @@ class TuneConfig:
     """Log-integer range of the meta-batch size to tune (None: keep the base value)."""
     objective: str = "loss"
     """``loss``: minimise meta-val query loss after adaptation; ``acc``: maximise accuracy."""
+    select: str = "best_val"
+    """A trial's value: its best meta-validation (``best_val``, the checkpoint the compared runs
+    are selected at) or its last one (``final``)."""
     sampler_seed: int = 0
     """Seed of the TPE sampler. Trial number k samples with a random state derived from
     (seed, k) (:class:`TrialSeededTPE`), so a resumed study, a second worker or a second machine
@@ -100,6 +105,7 @@ class TuneConfig:
             raise ConfigError("stale_after_s", self.stale_after_s,
                               f"more than twice heartbeat_s ({2 * self.heartbeat_s})")
         check_choice("--objective", self.objective, OBJECTIVES)
+        check_choice("--select", self.select, SELECTS)
         if self.objective == "acc" and self.base.build_family().task_type != "classification":
             raise ConfigError("--objective", "acc", f"loss for regression family {self.base.family!r}")
         for name, (lo, hi) in (("--alpha-range", self.alpha_range), ("--beta-range", self.beta_range)):
@@ -176,10 +182,12 @@ def make_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
 class ValidationReporter(Callback):
     """Feeds each meta-validation to ``trial.report`` and prunes when the pruner says so."""
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
-        self.trial, self.metric = trial, metric
+    def __init__(self, trial: optuna.Trial, metric: str, maximize: bool = False) -> None:
+        self.trial, self.metric, self.maximize = trial, metric, maximize
         self.last: float | None = None
         self.last_step: int | None = None
+        self.best: float | None = None
+        self.best_step: int | None = None
 
     def on_eval(self, step: int, split: str, summary: dict[str, Summary]) -> None:
         if split != "val":
@@ -191,6 +199,8 @@ class ValidationReporter(Callback):
             raise optuna.TrialPruned(reason)
         self.trial.report(value, step)
         self.last, self.last_step = value, step
+        if self.best is None or (value > self.best if self.maximize else value < self.best):
+            self.best, self.best_step = value, step
         if self.trial.should_prune():
             reason = f"pruned at step {step} (val {self.metric}={value:.4f})"
             self.trial.set_user_attr("reason", reason)
@@ -229,7 +239,7 @@ def make_objective(tc: TuneConfig, parent_run_id: str | None,
 
     def objective(trial: optuna.Trial) -> float:
         config = suggest_config(trial, tc)
-        reporter = ValidationReporter(trial, metric)
+        reporter = ValidationReporter(trial, metric, OBJECTIVES[tc.objective][1] == "maximize")
         callbacks: list[Callback] = [] if stop is None else [_StopCheck(stop)]
         tracker = None
         if tc.tracking_uri is not None:
@@ -250,9 +260,12 @@ def make_objective(tc: TuneConfig, parent_run_id: str | None,
             raise optuna.TrialPruned(str(exc)) from None
         if tracker is not None:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
-        assert reporter.last is not None  # eval_every >= 1 guarantees a validation
-        trial.set_user_attr("val_step", reporter.last_step)
-        return reporter.last
+        assert reporter.last is not None and reporter.best is not None  # eval_every >= 1
+        if tc.select == "final":
+            trial.set_user_attr("val_step", reporter.last_step)
+            return reporter.last
+        trial.set_user_attr("val_step", reporter.best_step)
+        return reporter.best
 
     return objective
 
@@ -494,6 +507,7 @@ def tune(tc: TuneConfig) -> optuna.Study:
     if not study.user_attrs.get("base_config"):
         study.set_user_attr("base_config", tc.base.to_dict())
         study.set_user_attr("objective", tc.objective)
+        study.set_user_attr("select", tc.select)
     if not study.metric_names:
         study.set_metric_names([objective_name(tc)])
     parent = _parent_run(study, tc)

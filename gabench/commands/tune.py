@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="also tune the meta-batch size (log scale)")
     g.add_argument("--objective", default="loss",
                    help="loss (minimise val query loss) or acc (maximise val accuracy)")
+    g.add_argument("--select", default="best_val",
+                   help="a trial's value: its best meta-validation (best_val, the checkpoint compared "
+                        "runs are selected at) or its last (final) (default best_val)")
     g.add_argument("--sampler-seed", type=int, default=0,
                    help="seed of the TPE sampler; trial k samples from (seed, k), so resumes and other "
                         "workers never replay a finished point (0)")
@@ -50,15 +53,34 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "median pruner may stop it (2)")
     g.add_argument("--out", default="tuning", help="where each study's trials.csv, best.json "
                    "and plots go (tuning/<study>/)")
+    g = p.add_argument_group("a study file's tuning protocol")
+    g.add_argument("--study", metavar="FILE", default=None,
+                   help="tune every family x method of a study file with a [tuning] table, one "
+                        "Optuna study each, as the file says (run settings, ranges, trials, seeds); "
+                        "resumable: rerun to continue. Only --workers, --timeout, --families, "
+                        "--methods, --out and tracking options may be added")
+    g.add_argument("--families", default=None,
+                   help="with --study: comma-separated family labels to tune (default all)")
     add_tracking_options(p, "gabench-tuning", "MLflow experiment name (default gabench-tuning)")
-    p.set_defaults(no_progress=True)
+    p.set_defaults(no_progress=True, parser=p)
     return p
+
+
+#: Options that may accompany --study (the file sets every other one).
+STUDY_OPTIONS = ("study", "families", "methods", "workers", "timeout", "out", "tracking_uri",
+                 "experiment", "no_tracking")
 
 
 def run(args: argparse.Namespace) -> int:
     from gabench.config import parse_method
     from gabench.tuning import TuneConfig, tune
 
+    if args.study is not None:
+        return run_study_tuning(args)
+    if args.families is not None:
+        from gabench._errors import ConfigError
+
+        raise ConfigError("--families", args.families, "only with --study (use --family for one study)")
     base = config_from_args(args)
     if args.eval_every == 0:
         base = dataclasses.replace(base, eval_every=max(1, base.steps // 5))
@@ -77,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             beta_range=tuple(args.beta_range),
             inner_steps_range=tuple(args.tune_inner_steps) if args.tune_inner_steps else None,
             meta_batch_range=tuple(args.tune_meta_batch) if args.tune_meta_batch else None,
-            objective=args.objective, sampler_seed=args.sampler_seed, prune_warmup=args.prune_warmup,
+            objective=args.objective, select=args.select, sampler_seed=args.sampler_seed,
+            prune_warmup=args.prune_warmup,
             tracking_uri=tracking_uri,
             experiment=args.experiment, out=Path(args.out) / name,
         ).validate())
@@ -89,3 +112,59 @@ def run(args: argparse.Namespace) -> int:
         tune(tc)
         print(f"[{tc.study_name}] trials.csv, best.json and plots in {tc.out}/")
     return 0
+
+
+def run_study_tuning(args: argparse.Namespace) -> int:
+    """``gabench tune --study FILE``: every (family, method) Optuna study of the file, in order."""
+    import time
+
+    from gabench._errors import ConfigError
+    from gabench.study import load_study
+    from gabench.tuning import TuneConfig, tune
+
+    parser = args.parser
+    for action in parser._actions:
+        dest = action.dest
+        if dest in STUDY_OPTIONS or dest == "help" or not action.option_strings:
+            continue
+        if getattr(args, dest, None) != action.default:
+            raise ConfigError(action.option_strings[-1], getattr(args, dest),
+                              "nothing with --study: the study file's [tuning] table and run settings "
+                              "set it")
+    study = load_study(args.study, resolve_tuned=False)
+    if study.tuning is None:
+        raise ConfigError("--study", args.study, "a study file with a [tuning] table")
+    tasks = study.tuning_tasks
+    for option, attr, known in (("--families", "family_label", study.families),
+                                ("--methods", "method_label", list(study.methods))):
+        chosen = getattr(args, option.lstrip("-"))
+        if chosen is None:
+            continue
+        wanted = [x.strip() for x in chosen.split(",") if x.strip()]
+        unknown = [x for x in wanted if x not in known]
+        if unknown or not wanted:
+            raise ConfigError(option, chosen, "comma-separated labels of the study: " + ", ".join(known))
+        tasks = [t for t in tasks if getattr(t, attr) in wanted]
+    t = study.tuning
+    tracking_uri = tracking_uri_from_args(args)
+    tcs = [TuneConfig(
+        base=task.config, study_name=task.name, storage=t.storage, trials=t.trials, timeout=args.timeout,
+        workers=args.workers, alpha_range=task.alpha_range, beta_range=task.beta_range,
+        objective=t.objective, select=t.select, sampler_seed=t.sampler_seed, prune_warmup=t.prune_warmup,
+        tracking_uri=tracking_uri, experiment=args.experiment, out=Path(args.out) / task.name,
+    ).validate() for task in tasks]
+    print(f"{study.name}: {len(tcs)} Optuna studies (family x method), {t.trials} trials each, "
+          f"sampler seed {t.sampler_seed}, task seed {t.seed}, storage {t.storage}", flush=True)
+    start = time.monotonic()
+    for i, tc in enumerate(tcs, 1):
+        print(f"[{i}/{len(tcs)}] {tc.study_name} (elapsed {_clock(time.monotonic() - start)})", flush=True)
+        tune(tc)
+    print(f"{study.name}: all {len(tcs)} studies hold {t.trials} trials; next: "
+          f"gabench compare {args.study}", flush=True)
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
