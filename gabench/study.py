@@ -312,8 +312,9 @@ def _best_params(storage: str, study: str, min_trials: int = 0) -> tuple[tuple[s
         loaded = optuna.load_study(study_name=study, storage=opened)
     except KeyError:
         raise ValueError(f"no Optuna study {study!r} in {redact(storage)} (not tuned yet)") from None
-    finished = len(loaded.get_trials(deepcopy=False, states=(
-        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)))
+    from gabench.tuning import FINISHED
+
+    finished = len(loaded.get_trials(deepcopy=False, states=FINISHED))
     if finished < min_trials:
         raise ValueError(f"Optuna study {study!r} in {redact(storage)} holds {finished} of its "
                          f"{min_trials} trials (tuning not finished)")

@@ -32,8 +32,10 @@ from gabench.config import MAX_LEARNING_RATE, RunConfig
 from gabench.results import Summary
 from gabench.trainer import Callback, DivergedError, Trainer
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-            optuna.trial.TrialState.FAIL)
+#: The trials that spend the budget: complete, or pruned (a diverged trial is pruned). A FAIL trial
+#: is one whose process died or was stopped (kill -9, SIGTERM, a lost machine): it is kept as a
+#: record but redone, so an interrupted study still ends with its full budget of trials.
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OBJECTIVES = {"loss": ("loss_post", "minimize"), "acc": ("acc_post", "maximize")}
 SELECTS = {"best_val": "the best meta-validation of the trial",
            "final": "the last meta-validation of the trial"}
@@ -50,8 +52,8 @@ class TuneConfig:
     storage: str = "sqlite:///optuna.db"
     """Optuna storage URL, or ``journal:PATH`` for a journal file."""
     trials: int | None = 20
-    """Trials (complete, pruned or failed) the study should hold, counted over every worker and
-    machine sharing it; None: until the timeout."""
+    """Trials (complete or pruned; failed ones, from dead or stopped processes, are redone) the
+    study should hold, counted over every worker and machine sharing it; None: until the timeout."""
     timeout: float | None = None
     """Seconds each worker may spend starting new trials (None: no limit)."""
     workers: int = 1
@@ -475,7 +477,7 @@ def make_pruner(tc: TuneConfig | None = None) -> optuna.pruners.BasePruner:
 
 
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that ended: complete, pruned or failed."""
+    """Trials that spent the budget: complete or pruned (see :data:`FINISHED`)."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
