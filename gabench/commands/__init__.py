@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status.
 
     Exit status: 0 success, 1 a run failed (diverged), 2 bad input (one line on stderr, nothing
-    written), 130 interrupted.
+    written), 130 interrupted (finished runs and trials are kept).
     """
     import logging
 
@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{prog}: interrupted; what had finished is kept (rerun the same command to resume)",
+              file=sys.stderr)
         return 130
     except Exception as exc:  # a one-line report, the traceback only on request
         trainer = sys.modules.get("gabench.trainer")  # not loaded: no run can have diverged
