@@ -257,6 +257,7 @@ def test_the_section_says_where_the_conclusion_changed(tuned, tmp_path):
     assert (primary["verdict"] == "unresolved").all()  # 2 seeds: no call is possible
     first = primary.index[0]
     comp.loc[first, "verdict"] = "worse"  # hand-made: the untuned report called this cell worse
+    comp["n_seeds"] = 5                   # ... with more seeds
     comp.to_csv(csv, index=False)
     assert main(["report", "tt", "--runs-root", str(tuned / "runs"), "--reports-root", str(reports),
                  "--untuned", str(reports / "tt-untuned")]) == 0
@@ -264,6 +265,7 @@ def test_the_section_says_where_the_conclusion_changed(tuned, tmp_path):
     row = comp.loc[first]
     n = len(primary)
     assert f"The conclusion changed in 1 of {n} cells" in sec
+    assert "The untuned report paired 5 seeds per cell, this one 2" in sec
     assert f"worse -> unresolved in 1 (`{row['method']}` on {row['cell']}, `{row['metric']}`)" in sec
     assert sec.count("**worse -> unresolved**") == 1
     means = sec.split("### Each method's meta-test mean")[1]

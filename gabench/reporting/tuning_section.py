@@ -757,6 +757,11 @@ def untuned_section(data: Any, out_dir: Path, note: str = "") -> str:
              f"are saved in `data/` (`{UNTUNED_COMPARISONS}.parquet`, `{UNTUNED_MEANS}.parquet`), so this "
              f"section is rebuilt without the untuned report.", ""]
     both = table[(table["verdict_tuned"] != "") & (table["verdict_untuned"] != "")]
+    seeds = [sorted({int(n) for n in both[f"n_seeds_{k}"].dropna()}) for k in ("untuned", "tuned")]
+    if len(both) and seeds[0] != seeds[1]:
+        lines += [f"The untuned report paired {'/'.join(map(str, seeds[0]))} seeds per cell, this one "
+                  f"{'/'.join(map(str, seeds[1]))}: a verdict can change with the number of seeds (narrower "
+                  f"intervals) as well as with the tuning.", ""]
     if changed.empty:
         lines.append(f"**The conclusion changed in none of the {len(both)} cells compared in both reports.**")
     else:
