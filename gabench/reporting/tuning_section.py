@@ -604,9 +604,10 @@ def tuning_section(data: Any, out_dir: Path) -> str:
                   f"`optuna.importance.get_param_importances` with `FanovaImportanceEvaluator(seed="
                   f"{IMPORTANCE_SEED})` on the completed trials of each cell, with alpha and beta on the "
                   "log10 scale they were sampled on (Optuna's fANOVA otherwise integrates over the raw "
-                  "values, where the top decade of a log range fills 90% of the space); importances sum to 1 "
-                  "per cell, and rest on the number of completed trials shown (a random forest fitted to so "
-                  "few points is a rough guide). Recomputed from `data/tuning_trials.parquet` alone.", "",
+                  "values, where the top decade of a log range fills at least 90% of the space); importances "
+                  "sum to 1 per cell, and rest on the number of completed trials shown (a random forest "
+                  "fitted to so few points is a rough guide). Recomputed from `data/tuning_trials.parquet` "
+                  "alone.", "",
                   md_table(["family", "method", *params, "completed trials"], rows), ""]
 
     # figures
