@@ -264,7 +264,7 @@ def test_the_section_says_where_the_conclusion_changed(tuned, tmp_path):
     sec = _section((reports / "tt" / "README.md").read_text(), "Tuned vs untuned")
     row = comp.loc[first]
     n = len(primary)
-    assert f"The conclusion changed in 1 of {n} cells" in sec
+    assert f"The conclusion changed in 1 of {n} comparisons" in sec
     assert "The untuned report paired 5 seeds per cell, this one 2" in sec
     assert f"worse -> unresolved in 1 (`{row['method']}` on {row['cell']}, `{row['metric']}`)" in sec
     assert sec.count("**worse -> unresolved**") == 1

@@ -635,14 +635,25 @@ def _figure_name(family: str, setting: str) -> str:
 def _plot_family(cells: pd.DataFrame, trials: pd.DataFrame, studies: pd.DataFrame, path: Path,
                  title: str) -> bool:
     """Scatter (and interpolated contour) of every trial of one family's cells; False: nothing to draw."""
-    import matplotlib.colors as mcolors
-    import matplotlib.tri as mtri
-
     from gabench.reporting._plots import plt
 
     parts = [trials[trials["study"] == s] for s in cells["study"]]
     if not any(len(p) for p in parts):
         return False
+    # Matplotlib's defaults, whatever style an earlier figure of this process left behind (Optuna's
+    # plots switch to ggplot globally), so that the figure does not depend on what ran before.
+    with plt.style.context("default"):
+        _draw_family(cells, parts, studies, path, title)
+    return True
+
+
+def _draw_family(cells: pd.DataFrame, parts: list[pd.DataFrame], studies: pd.DataFrame, path: Path,
+                 title: str) -> None:
+    import matplotlib.colors as mcolors
+    import matplotlib.tri as mtri
+
+    from gabench.reporting._plots import plt
+
     direction = studies.set_index("study").loc[list(cells["study"]), "direction"]
     maximize = (direction == "maximize").any()
     comp = pd.concat([p[(p["state"] == "COMPLETE") & np.isfinite(p["value"])] for p in parts])
@@ -685,8 +696,9 @@ def _plot_family(cells: pd.DataFrame, trials: pd.DataFrame, studies: pd.DataFram
             ax.scatter(c["alpha"], c["beta"], c=colour_value(c["value"].to_numpy()), cmap=cmap, norm=norm,
                        s=28, edgecolors="black", linewidths=0.4, label="complete")
         if r.best_number >= 0:
-            ax.scatter([r.alpha], [r.beta], marker="*", s=220, c="white", edgecolors="black", linewidths=1.2,
-                       zorder=5, label="best", clip_on=False)
+            ax.scatter([r.alpha], [r.beta], marker="*", s=240, c=colour_value(np.array([r.best_value])),
+                       cmap=cmap, norm=norm, edgecolors="black", linewidths=1.2, zorder=5, label="best",
+                       clip_on=False)
         if math.isfinite(xlo):
             fx = (xhi / xlo) ** EDGE_FRACTION
             fy = (yhi / ylo) ** EDGE_FRACTION
@@ -714,7 +726,6 @@ def _plot_family(cells: pd.DataFrame, trials: pd.DataFrame, studies: pd.DataFram
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False, fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def untuned_section(data: Any, out_dir: Path, note: str = "") -> str:
@@ -763,12 +774,12 @@ def untuned_section(data: Any, out_dir: Path, note: str = "") -> str:
         lines += [f"The untuned report paired {'/'.join(map(str, seeds[0]))} seeds per cell, this one "
                   f"{'/'.join(map(str, seeds[1]))}: a verdict can change with the number of seeds (narrower "
                   f"intervals) as well as with the tuning.", ""]
+    what = "comparisons (metric x cell x pair) made in both reports"
     if changed.empty:
-        lines.append(f"**The conclusion changed in none of the {len(both)} cells compared in both reports.**")
+        lines.append(f"**The conclusion changed in none of the {len(both)} {what}.**")
     else:
         kinds = changed.groupby("change", sort=False)
-        lines.append(f"**The conclusion changed in {len(changed)} of {len(both)} cells compared in both "
-                     f"reports:** " + "; ".join(
+        lines.append(f"**The conclusion changed in {len(changed)} of {len(both)} {what}:** " + "; ".join(
                          f"{k} in {len(g)} ("
                          + ", ".join(f"`{r.method}` on {r.cell}, `{r.metric}`" for r in g.itertuples()) + ")"
                          for k, g in kinds) + ".")
