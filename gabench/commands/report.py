@@ -31,6 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "--reports-root reports)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling of the "
                    "aggregates (0)")
+    g = p.add_argument_group("a tuned study (one with a [tuning] table)")
+    g.add_argument("--tuning-storage", metavar="URL", default=None,
+                   help="read the Optuna trials from this storage (journal:PATH, sqlite:///PATH) instead of "
+                        "the one study.json names; without it they are read from there once and then kept "
+                        "in the report's data/")
+    g.add_argument("--untuned", metavar="DIR", default=None,
+                   help="the report of the same comparison without tuning to compare verdicts with "
+                        "(e.g. reports/paper), or 'none'; default: the one saved in data/, else the only "
+                        "report beside this one whose study has no [tuning] table, the same methods and "
+                        "per family the same budget")
     return p
 
 
@@ -42,19 +52,28 @@ def run(args: argparse.Namespace) -> int:
         parts += ["--reports-root", str(args.reports_root)]
     if args.seed != 0:
         parts += ["--seed", str(args.seed)]
+    for option, value in (("--tuning-storage", args.tuning_storage), ("--untuned", args.untuned)):
+        if value is not None:
+            parts += [option, str(value)]
     path = report_study(args.source, args.runs_root, args.reports_root, args.seed,
-                        command=shlex.join(parts))
+                        command=shlex.join(parts), tuning_storage=args.tuning_storage, untuned=args.untuned)
     print(f"report written to {path}")
     return 0
 
 
 def report_study(source: str | Path, runs_root: str | Path = "runs",
                  reports_root: str | Path = DEFAULT_REPORTS_ROOT,
-                 seed: int = 0, command: str | None = None) -> Path:
+                 seed: int = 0, command: str | None = None, tuning_storage: str | None = None,
+                 untuned: str | Path | None = None) -> Path:
     """Load a study's tables and write ``<reports_root>/<study>/README.md``; returns its path.
 
     The textbook section (:mod:`gabench.reporting.textbook_section`) comes first when the
-    study's directory holds ``textbook.parquet`` (``gabench textbook``).
+    study's directory holds ``textbook.parquet`` (``gabench textbook``). A study with a
+    ``[tuning]`` table gets the sections of :mod:`gabench.reporting.tuning_section`: its trials
+    are read from ``tuning_storage`` (default: the storage its ``study.json`` names, unless its
+    ``data/`` holds them already), and its verdicts are compared with those of the ``untuned``
+    report (default: the one its ``data/`` holds, else the only candidate under ``reports_root``;
+    ``"none"``: no comparison).
     """
     from gabench.reporting import build_report, load_tables
 
@@ -64,6 +83,18 @@ def report_study(source: str | Path, runs_root: str | Path = "runs",
         from gabench.reporting.textbook_section import textbook_section
 
         extra.append(textbook_section)
+    out = Path(reports_root) / tables.name
+    if tables.meta.get("tuning"):
+        from gabench.reporting.tuning_section import prepare_tuning
+
+        extra += prepare_tuning(tables, storage=tuning_storage, untuned=untuned, reports_root=reports_root,
+                                out_dir=out)
+    elif tuning_storage is not None or untuned is not None:
+        from gabench._errors import ConfigError
+
+        option = "--tuning-storage" if tuning_storage is not None else "--untuned"
+        raise ConfigError(option, tuning_storage if tuning_storage is not None else untuned,
+                          f"only for a study with a [tuning] table ({tables.name!r} has none)")
     if command is None:
         command = f"gabench report {shlex.quote(str(source))}"
-    return build_report(tables, Path(reports_root) / tables.name, command, seed=seed, extra_sections=extra)
+    return build_report(tables, out, command, seed=seed, extra_sections=extra)

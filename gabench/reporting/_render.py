@@ -601,7 +601,15 @@ class _Sections:
             "- Machine-readable: `comparisons.csv` (one row per metric x cell x pair x selection: means, "
             "paired-t interval, p, Holm p, verdict) and `data/` (per-seed summaries; `gabench report <this "
             "dir>/data` rebuilds this report without the runs).",
-            "- Nothing here was tuned to an outcome: hyperparameters are those of the study file.", ""])
+            self.tuning_note(), ""])
+
+    def tuning_note(self) -> str:
+        if self.d.meta.get("tuning"):
+            return ("- Alpha and beta of every family x method are the best trial of its Optuna study, tuned "
+                    "on meta-validation tasks with a task seed that no compared run uses (see \"Tuning\"); "
+                    "nothing was tuned on meta-test tasks. The other hyperparameters are those of the study "
+                    "file.")
+        return "- Nothing here was tuned to an outcome: hyperparameters are those of the study file."
 
 
 def build_report(data: ReportData | StudyTables, out_dir: str | Path, command: str, seed: int = 0,
