@@ -81,9 +81,11 @@ class TuneConfig:
     may stop it (counted in validations, not meta-iterations)."""
     heartbeat_s: float = 10.0
     """Seconds between a running trial's heartbeats (a user attribute in the storage)."""
-    stale_after_s: float = 60.0
+    stale_after_s: float = 300.0
     """A RUNNING trial with no heartbeat for this long belongs to a process that died (kill -9,
-    power loss): it is marked FAIL before the budget is counted."""
+    power loss): it is marked FAIL before the budget is counted. Generous, because a heavily
+    loaded machine can starve a live worker's heartbeat for a minute or more; a live trial marked
+    FAIL all the same is abandoned by its worker, which goes on with the next one."""
     tracking_uri: str | None = None
     """MLflow URI for the parent run and one child run per trial (None: no tracking)."""
     experiment: str = "gabench-tuning"
@@ -427,7 +429,10 @@ def _worker(tc: TuneConfig, index: int, parent_run_id: str | None, parent_pid: i
     objective = make_objective(tc, parent_run_id, stop)
     heartbeat = _Heartbeat(study, tc.heartbeat_s)
 
+    current: list[int] = []
+
     def beating(trial: optuna.Trial) -> float:
+        current[:] = [trial._trial_id]
         heartbeat.beat(trial._trial_id)
         try:
             return objective(trial)
@@ -446,7 +451,17 @@ def _worker(tc: TuneConfig, index: int, parent_run_id: str | None, parent_pid: i
                           f"(no heartbeat for {tc.stale_after_s:.0f} s): {reaped}", flush=True)
                 if tc.trials is not None and counted_trials(study) >= tc.trials:
                     break
-                study.optimize(beating, n_trials=1, callbacks=[_print_trial], catch=())
+                current.clear()
+                try:
+                    study.optimize(beating, n_trials=1, callbacks=[_print_trial], catch=())
+                except Exception:
+                    if not current or not _finished_elsewhere(study, current[0]):
+                        raise
+                    trial = study._storage.get_trial(current[0])
+                    print(f"[{study.study_name}] trial {trial.number} was marked {trial.state.name} by "
+                          f"another process ({trial.user_attrs.get('reason', 'no reason given')}) while "
+                          "it ran here: abandoned; it spends no budget and the study goes on", flush=True)
+                    continue
                 ran += 1
     except Terminated:
         if parent_pid is None:
@@ -458,6 +473,17 @@ def _worker(tc: TuneConfig, index: int, parent_run_id: str | None, parent_pid: i
     finally:
         heartbeat.close()
     return ran
+
+
+def _finished_elsewhere(study: optuna.Study, trial_id: int) -> bool:
+    """Whether trial ``trial_id`` was marked FAIL by another process (reaped as stale while it
+    still ran here, e.g. when a loaded machine starved its heartbeat)."""
+    try:
+        trial = study._storage.get_trial(trial_id)
+    except Exception:
+        return False
+    return trial.state == optuna.trial.TrialState.FAIL and "no heartbeat" in str(
+        trial.user_attrs.get("reason", ""))
 
 
 def _quiet_optuna() -> None:

@@ -178,7 +178,7 @@ def test_edge_flags_and_budget_counts_from_a_hand_made_journal(tuned, tmp_path):
     assert "**EDGE** alpha low" in table[("sine", "`maml`")] and "beta" not in \
         table[("sine", "`maml`")].split("**EDGE**", 1)[1]
     assert "**EDGE** beta high" in table[("sine", "`maml+ga`")] and "(#1)" in table[("sine", "`maml+ga`")]
-    assert "| 2 / 0 / 1 | 3 |" in table[("sine", "`maml+ga`")]
+    assert "| 2 / 0 / 1 | 2 |" in table[("sine", "`maml+ga`")]  # the failed trial spends no budget
     assert "EDGE" not in table[("linear-binary", "`maml`")] and "| 2 / 1 / 0 | 3 |" in \
         table[("linear-binary", "`maml`")]
     assert "| 1 / 0 / 0 | 1 **short** |" in table[("linear-binary", "`maml+ga`")]

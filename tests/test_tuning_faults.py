@@ -97,6 +97,52 @@ def test_stale_running_trials_are_reaped_and_the_budget_is_met(tmp_path):
     assert len(states) == 5 and states.count("FAIL") == 2 and "RUNNING" not in states
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_live_trial_reaped_by_another_process_is_abandoned_and_redone(tmp_path, monkeypatch, kind):
+    # On a starved machine a live trial can miss its heartbeats and be marked FAIL by another
+    # worker; its own worker then cannot report to it. That worker must go on, not crash the study.
+    import gabench.tuning as tuning
+
+    storage = (f"journal:{tmp_path / 'x.journal'}" if kind == "journal"
+               else f"sqlite:///{tmp_path / 'x.db'}")
+    tc = config(tmp_path, "reaped", 2, storage=storage)
+    optuna.create_study(study_name="reaped", storage=make_storage(storage))
+
+    def objective_factory(tc, parent_run_id, stop=None):
+        def objective(trial):
+            alpha = trial.suggest_float("alpha", *tc.alpha_range, log=True)
+            trial.suggest_float("beta", *tc.beta_range, log=True)
+            if trial.number == 0:  # another process reaps this trial while it runs
+                trial.storage.set_trial_user_attr(trial._trial_id, "reason", "no heartbeat for 400 s")
+                trial.storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+                trial.report(1.0, 0)  # raises: the trial is finished
+            return alpha
+
+        return objective
+
+    monkeypatch.setattr(tuning, "make_objective", objective_factory)
+    assert tuning._worker(tc, 0, None) == 2
+    states = [t.state.name for t in load(storage, "reaped").trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_any_other_failure_of_a_trial_still_stops_the_worker(tmp_path, monkeypatch):
+    import gabench.tuning as tuning
+
+    tc = config(tmp_path, "boom", 2)
+    optuna.create_study(study_name="boom", storage=make_storage(tc.storage))
+
+    def objective_factory(tc, parent_run_id, stop=None):
+        def objective(trial):
+            raise RuntimeError("a bug")
+
+        return objective
+
+    monkeypatch.setattr(tuning, "make_objective", objective_factory)
+    with pytest.raises(RuntimeError, match="a bug"):
+        tuning._worker(tc, 0, None)
+
+
 def test_pruner_warmup_is_counted_in_validations(tmp_path):
     pruner = make_pruner(config(tmp_path, "p", 1, prune_warmup=3))
     assert pruner._n_warmup_steps == 3 * BASE["eval_every"]

@@ -59,6 +59,8 @@ EDGE_FRACTION = 0.1
 IMPORTANCE_SEED = 0
 #: Trial states counted against the budget once ended.
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+#: The states that spend a study's budget (gabench.tuning.FINISHED): a FAIL trial is redone.
+BUDGET_STATES = ("COMPLETE", "PRUNED")
 _STUDY_COLUMNS = ["study", "family_label", "setting", "method", "storage", "found", "direction",
                   "metric_name", "objective", "select", "base_config"]
 _TRIAL_COLUMNS = ["study", "number", "state", "value", "alpha", "beta", "params", "distributions",
@@ -261,7 +263,7 @@ def cell_summary(studies: pd.DataFrame, trials: pd.DataFrame, budget: int,
         row: dict[str, Any] = {"study": s.study, "family_label": s.family_label, "setting": s.setting,
                                "method": s.method,
                                **{k.lower(): int(counts.get(k, 0)) for k in (*FINISHED_STATES, "RUNNING")}}
-        row["finished"] = sum(row[k.lower()] for k in FINISHED_STATES)
+        row["finished"] = sum(row[k.lower()] for k in BUDGET_STATES)
         row["short"] = row["finished"] < budget
         row["tuning_seconds"] = float(part["duration_s"].sum())
         complete = part[(part["state"] == "COMPLETE") & np.isfinite(part["value"])]
@@ -504,7 +506,8 @@ def tuning_section(data: Any, out_dir: Path) -> str:
     lines.append(
         f"Every family x method was tuned in its own Optuna study (`{data.meta.get('name')}__<family>__"
         f"<method>`, in `{', '.join(storage)}`; the trials are copied to `data/tuning_trials.parquet`), "
-        f"with the same protocol: {budget} trials per study (complete, pruned or failed), the TPE sampler "
+        f"with the same protocol: {budget} trials per study (complete or pruned; a failed "
+        f"trial, from a process that died or was stopped, is redone), the TPE sampler "
         f"with seed {proto.get('sampler_seed')} (trial k samples from (seed, k)), median pruning after "
         f"{proto.get('prune_warmup')} validations beyond the one at step 0; alpha and beta log-uniform "
         f"in the ranges below. Every trial trains on task seed "
@@ -573,7 +576,8 @@ def tuning_section(data: Any, out_dir: Path) -> str:
                      edge])
     lines += ["### Tuned alpha and beta per cell", "",
               f"Best completed trial (its number), its value ({objective}), trials complete / pruned / "
-              f"failed, finished trials against the budget of {budget}, and where the best alpha and beta "
+              f"failed, finished (complete or pruned) trials against the budget of {budget}, and where the "
+              f"best alpha and beta "
               f"lie in their ranges on the log scale (0 = low end, 1 = high end). **EDGE** marks a best "
               f"value within {100 * EDGE_FRACTION:g}% of the range's log-width of an end: the optimum may "
               f"lie outside the range, so that range should be widened on that side and the cell tuned "
