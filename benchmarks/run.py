@@ -1,6 +1,6 @@
 """gabench's trainer timed side by side with a per-task loop, learn2learn and higher.
 
-    python benchmarks/run.py                 # every setting; writes reports/performance.md
+    python benchmarks/run.py                 # every setting; writes reports/fast_path.md
     python benchmarks/run.py --quick         # T=25 only, fewer repeats (a smoke run)
     python benchmarks/run.py --device cuda   # the same table on a GPU
     tox -e bench                             # installs learn2learn + higher, then runs the above
@@ -381,7 +381,7 @@ def report(rows: list[Row], fits: list[tuple[int, float, float]], args: argparse
     load_txt = " -> ".join("/".join(f"{x:.1f}" for x in la) for la in load)
     errs = max((e for r in rows for n, e in r.max_rel_err.items() if n != "gabench-vmap"), default=0.0)
     return "\n".join([
-        "# Performance",
+        "# Fast path: the trainer against a per-task loop, learn2learn and higher (sine)",
         "",
         f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with `{cmd}` "
         f"({seconds / 60:.1f} min).",
@@ -443,7 +443,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="T=25 only, 3 repeats of 0.2 s")
     p.add_argument("--rtol", type=float, default=1e-4,
                    help="allowed relative difference of the meta-gradients")
-    p.add_argument("--out", default=str(ROOT / "reports" / "performance.md"),
+    p.add_argument("--out", default=str(ROOT / "reports" / "fast_path.md"),
                    help="Markdown report to write ('-': do not write)")
     p.add_argument("--require-libraries", action="store_true",
                    help="fail when learn2learn or higher is missing (tox -e bench sets it)")

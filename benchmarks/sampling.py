@@ -201,11 +201,12 @@ def _report(before: dict, after: dict, args: argparse.Namespace) -> str:
         lines += [
             "",
             f"Above the 10% target: {', '.join(over)}. linear-binary and textbook-binary draw "
-            "25 x 20 x 50 = 25,000 uniform numbers per meta-batch for a train step of a "
-            "50-parameter logistic model; drawing those numbers alone is more than a tenth of "
-            "such a step with NumPy's generators. classification draws 12,500 Gaussian numbers "
-            "per meta-batch (25 tasks x 5 classes x 20 points x 5 features), about half of its "
-            "sampling time.",
+            "25 x 20 x 50 = 25,000 uniform numbers per meta-batch for the train step of a "
+            "50-parameter logistic model. They come from NumPy's bit generator as raw 64-bit "
+            "words, two numbers per word, turned into floats by three vectorised passes "
+            "(gabench.tasks._base.uniform_float32): filling those 12,500 words alone takes "
+            "about a tenth of such a step here, a floor for any NumPy generator (each word "
+            "costs a call through the bit generator's function pointer).",
         ]
     return "\n".join(lines) + "\n"
 

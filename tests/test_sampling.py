@@ -355,3 +355,54 @@ def test_random_rotations_are_the_sign_fixed_qr_factor(dim):
     ref, r = np.linalg.qr(a)
     ref = ref * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
     np.testing.assert_allclose(q, ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("low,width_log2", [(0.0, 0), (-1.0, 1), (-3.0, 3)])
+def test_uniform_float32_is_uniform_on_its_interval(low, width_log2):
+    from gabench.tasks._base import uniform_float32
+
+    high = low + 2.0**width_log2
+    x = uniform_float32(np.random.Generator(np.random.SFC64(3)), (400, 250), low, width_log2)
+    assert x.dtype == np.float32 and x.shape == (400, 250)
+    assert x.min() >= low and x.max() < high
+    flat = x.ravel().astype(np.float64)
+    assert stats.kstest(flat, stats.uniform(low, high - low).cdf).pvalue > P_MIN
+    # on the grid of spacing 2**(e - 23): every value is low + k * spacing
+    k = (flat - low) / 2.0 ** (width_log2 - 23)
+    assert np.array_equal(k, np.round(k))
+    # the two numbers of each 64-bit word are independent: counts of (first, second) in a
+    # 16 x 16 grid of cells are uniform
+    pairs = np.floor((x.reshape(-1, 2) - low) / (high - low) * 16).astype(int)
+    counts = np.bincount(pairs[:, 0] * 16 + pairs[:, 1], minlength=256)
+    assert stats.chisquare(counts).pvalue > P_MIN
+
+
+def test_uniform_float32_takes_its_bits_from_the_raw_words():
+    """Against a hand decoding of the same words: number 2i is the low half of word i and
+    number 2i+1 the high half, each ``2**e * (1 + (half >> 9) / 2**23) - (2**e - low)``."""
+    from gabench.tasks._base import uniform_float32
+
+    x = uniform_float32(np.random.Generator(np.random.PCG64(11)), (7,), -1.0, 1)
+    words = np.random.PCG64(11).random_raw(4)
+    halves = [int(w) >> s & 0xFFFFFFFF for w in words for s in (0, 32)][:7]
+    want = [2.0 * (1 + (h >> 9) / 2**23) - 3.0 for h in halves]
+    assert x.tolist() == want
+    rng = np.random.Generator(np.random.PCG64(11))
+    uniform_float32(rng, (7,), 0.0)  # an odd count uses the whole last word
+    assert rng.bit_generator.random_raw() == np.random.PCG64(11).random_raw(5)[-1]
+
+
+def test_textbook_binary_inputs_are_uniform_and_labels_fair():
+    from gabench.tasks import TextbookBinary
+
+    fam = TextbookBinary()
+    b = fam.sample(1200, "train", task_rng(0, "textbook-binary", "train"))  # crosses chunks
+    for x, y in ((b.support_x, b.support_y), (b.query_x, b.query_y)):
+        x = x.numpy().ravel().astype(np.float64)
+        assert x.min() >= 0 and x.max() < 1
+        assert stats.kstest(x, stats.uniform(0, 1).cdf).pvalue > P_MIN
+        assert stats.binomtest(int(y.sum()), y.numel(), 0.5).pvalue > P_MIN
+    # support and query of a task are independent draws
+    s = b.support_x[:, 0, 0].numpy().astype(np.float64)
+    q = b.query_x[:, 0, 0].numpy().astype(np.float64)
+    assert abs(stats.pearsonr(s, q).statistic) < 4 / np.sqrt(len(s))

@@ -10,12 +10,29 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from gabench.commands import main
 
 FAST = ["--meta-batch", "3", "--test-tasks", "8", "--val-tasks", "4", "--no-progress"]
+
+
+def assert_same_line(got: pd.Series, expected: pd.Series, name: str) -> None:
+    """``got`` (step -> value) is ``expected`` with only inner points of runs of equal values
+    left out: the first and last points are there, and the line through ``got`` passes through
+    every expected point."""
+    assert set(got.index) <= set(expected.index), name
+    assert got.index[0] == expected.index[0] and got.index[-1] == expected.index[-1], name
+    kept = expected.loc[got.index]
+    np.testing.assert_allclose(got.values, kept.values, rtol=1e-9, err_msg=name)
+    line = np.interp(expected.index, got.index, got.values)
+    np.testing.assert_allclose(line, expected.values, rtol=1e-9, err_msg=name)
+    for a, b in zip(got.index[:-1], got.index[1:], strict=True):  # a gap is a run of one value
+        inner = expected.loc[a:b]
+        if len(inner) > 2:
+            assert (inner == inner.iloc[0]).all(), (name, a, b)
 
 
 def free_port() -> int:
@@ -83,9 +100,13 @@ def test_run_is_tracked_on_a_real_server(mlflow_server, tmp_path, capsys):
         assert key in tags
     history = client.get_metric_history(run.info.run_id, "train/query_loss")
     assert sorted(m.step for m in history) == list(range(1, 8))
-    for key in ("train/w_eff_n", "train/w_frac_negative", "train/w_mean_corrupted",
-                "train/w_mean_clean"):
-        assert len(client.get_metric_history(run.info.run_id, key)) == 7, key
+    per_step = pd.read_parquet(out / "results.parquet").query("split == 'train'")
+    for key in ("w_eff_n", "w_frac_negative", "w_mean_corrupted", "w_mean_clean"):
+        # every step (7 steps: windows of 1), except the inner points of runs of equal values
+        got = pd.Series({m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                            f"train/{key}")})
+        want = per_step[per_step.metric == key].set_index("step").value.dropna()
+        assert_same_line(got.sort_index(), want.sort_index(), key)
     val = client.get_metric_history(run.info.run_id, "val/acc_post")
     assert sorted(m.step for m in val) == [0, 3, 6]
     metrics = run.data.metrics

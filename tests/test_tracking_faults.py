@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from test_tracking import FAST, free_port, mlflow_server  # noqa: F401 - a fixture
+from test_tracking import FAST, assert_same_line, free_port, mlflow_server  # noqa: F401 - a fixture
 
 from gabench._redact import redact, scrub, secrets_of
 from gabench.commands import main
@@ -210,9 +210,27 @@ def test_training_curves_are_window_means_of_the_per_step_record(tmp_path, strid
         expected = pd.Series(expected.values, index=ends.values).dropna()
         history = client.get_metric_history(tracker.run_id, f"train/{metric}")
         got = pd.Series({m.step: m.value for m in history}).sort_index()
-        assert list(got.index) == list(expected.index), metric
-        np.testing.assert_allclose(got.values, expected.values, rtol=1e-9, err_msg=metric)
+        assert_same_line(got, expected, metric)
     assert client.get_run(tracker.run_id).data.params["train_log_stride"] == str(stride)
+
+
+def test_constant_curves_cost_two_points(tmp_path):
+    """The plain mean's weight statistics are constant: each curve is its first and last points;
+    the losses keep every window."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = RunConfig(family="sine", steps=12, meta_batch=4, test_tasks=4)
+    tracker = MLflowTracker(uri, "constant", log_stride=2)
+    trainer = Trainer.from_config(config, [tracker], progress=False)
+    trainer.log_every = 5
+    result = trainer.fit()
+    client = tracking_client(uri)
+    res = result.results[result.results.split == "train"]
+    for metric in ("w_min", "w_max", "w_frac_negative", "w_eff_n"):
+        history = client.get_metric_history(tracker.run_id, f"train/{metric}")
+        assert sorted(m.step for m in history) == [2, 12], metric
+        assert {m.value for m in history} == {res[res.metric == metric].value.iloc[0]}, metric
+    history = client.get_metric_history(tracker.run_id, "train/query_loss")
+    assert sorted(m.step for m in history) == list(range(2, 13, 2))
 
 
 def test_default_stride_bounds_the_points_per_curve(tmp_path):

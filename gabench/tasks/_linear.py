@@ -8,7 +8,7 @@ from torch import nn
 
 from gabench._errors import ConfigError, check_fraction, check_int, check_positive
 from gabench.models import Logistic
-from gabench.tasks._base import TaskFamily, check_shots
+from gabench.tasks._base import TaskFamily, check_shots, split_seed, torch_generator, uniform_float32
 
 
 class LinearBinary(TaskFamily):
@@ -55,16 +55,14 @@ class LinearBinary(TaskFamily):
         self._w = w / np.linalg.norm(w)
 
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        w = self._w + self.task_spread * rng.standard_normal((n_tasks, self.dim)) / np.sqrt(self.dim)
-        w = w.astype(np.float32)[:, :, None]
+        gen = np.random.Generator(np.random.SFC64(split_seed(rng, split)))
+        z = torch.randn((n_tasks, self.dim), generator=torch_generator(gen)).numpy()  # float32
+        w = (self._w + self.task_spread * z / np.sqrt(self.dim)).astype(np.float32)[:, :, None]
         out = {}
         for part, k in (("support", self.shots), ("query", self.query_shots)):
-            # U[-1, 1) drawn in float32, the inputs' dtype; labels from exactly these inputs
-            x = rng.random((n_tasks, k, self.dim), dtype=np.float32)
-            x *= 2
-            x -= 1
-            y = (x @ w)[..., 0] > 0
-            flip = rng.random((n_tasks, k)) < self.label_noise
+            x = uniform_float32(gen, (n_tasks, k, self.dim), -1.0, 1)  # U[-1, 1)
+            y = (x @ w)[..., 0] > 0  # labels from exactly these (float32) inputs
+            flip = gen.random((n_tasks, k)) < self.label_noise
             out[f"{part}_x"], out[f"{part}_y"] = x, (y != flip).astype(np.int64)
         return out
 

@@ -8,11 +8,13 @@ from torch import nn
 
 from gabench._errors import check_int
 from gabench.models import Logistic
-from gabench.tasks._base import TaskFamily, check_shots
+from gabench.tasks._base import TaskFamily, check_shots, split_seed, uniform_float32
 
 
 class TextbookBinary(TaskFamily):
-    """The textbook sampler exactly: ``x ~ U[0,1)^dim``, ``y ~ Bernoulli(0.5)`` independent of x.
+    """The textbook's task distribution: ``x ~ U[0,1)^dim``, ``y ~ Bernoulli(0.5)`` independent
+    of x (the inputs drawn in float32, the model's dtype, and tasks drawn in chunks: see
+    :func:`~gabench.tasks._base.uniform_float32`).
 
     Labels carry no signal, so no model can beat the cross-entropy ``ln 2 = 0.693`` on query
     data in expectation: the family is unlearnable by design. Support and query sets are
@@ -27,6 +29,8 @@ class TextbookBinary(TaskFamily):
     References:
         S. Ravichandiran, "Hands-On Meta Learning with Python", Packt 2018, chapter 8.
     """
+
+    chunk_tasks = 500  # tasks drawn per vectorised call (see TaskFamily.sample)
 
     name = "textbook-binary"
     description = ("Textbook ch.8 sampler: x~U[0,1)^50, y~Bernoulli(0.5) independent of x "
@@ -45,11 +49,12 @@ class TextbookBinary(TaskFamily):
         self.ways = 2
 
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        gen = np.random.Generator(np.random.SFC64(split_seed(rng, split)))
         return {
-            "support_x": rng.random((n_tasks, self.shots, self.dim)),
-            "support_y": rng.integers(0, 2, size=(n_tasks, self.shots)),
-            "query_x": rng.random((n_tasks, self.query_shots, self.dim)),
-            "query_y": rng.integers(0, 2, size=(n_tasks, self.query_shots)),
+            "support_x": uniform_float32(gen, (n_tasks, self.shots, self.dim), 0.0),  # U[0, 1)
+            "support_y": gen.integers(0, 2, size=(n_tasks, self.shots)),
+            "query_x": uniform_float32(gen, (n_tasks, self.query_shots, self.dim), 0.0),
+            "query_y": gen.integers(0, 2, size=(n_tasks, self.query_shots)),
         }
 
     def make_model(self, generator: torch.Generator) -> nn.Module:

@@ -6,6 +6,7 @@ import json
 import math
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ SEND_EVERY_S = 30.0
 MAX_WEIGHT_CSV_ROWS = 25_000
 #: PNGs with light zlib compression: a quarter of a figure's cost saved, files a little larger.
 PNG_FAST = {"compress_level": 1}
+#: Points of the raw and of the smoothed meta-train curve drawn in learning_curve.png (every
+#: step stays in results.parquet).
+RAW_POINTS, SMOOTH_POINTS = 300, 400
 
 
 def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
@@ -74,11 +78,14 @@ class MLflowTracker(Callback):
     - metrics: ``train/*`` (query and support loss, weight statistics) as means over windows of
       ``train_log_stride`` steps (``w_min``/``w_max``: min/max over the window), logged at the
       window's last step, at most :data:`MAX_TRAIN_POINTS` points per curve, sent in batches;
+      a run of windows with equal values is sent as its first and last points (the line chart
+      is the same; the plain mean's constant weight statistics cost two points each);
       ``val/*`` at each meta-validation; ``test/*`` once (means; the bounds are in the tags and
       config.json, so that they do not fill the chart view with single points).
     - artifacts: results.parquet (every step), weights.parquet, config.json (with the resolved
       family parameters and the test summaries), learning_curve.png, task_weights.png (when
-      the weights vary: not for the plain mean, whose weights are all 1/T) and, up to
+      the weights vary: not for the plain mean, whose weights are all 1/T; neither PNG when
+      ``plots`` is False) and, up to
       :data:`MAX_WEIGHT_CSV_ROWS` rows, weights.csv (previewable in the UI).
 
     Args:
@@ -91,12 +98,16 @@ class MLflowTracker(Callback):
         description: Description of the experiment if this run creates it (default
             :data:`~gabench.tracking.DEFAULT_DESCRIPTION`).
         log_stride: Steps per logged ``train/`` point (None: ``ceil(steps / MAX_TRAIN_POINTS)``).
+        plots: Render learning_curve.png and task_weights.png at the end of the run. Each costs
+            about 0.1 s of CPU (matplotlib), a few percent of a default sine run; False leaves
+            them out (every number they show stays in results.parquet and weights.parquet, and
+            MLflow's own charts draw the ``train/`` and ``val/`` curves).
     """
 
     def __init__(self, tracking_uri: str, experiment: str = "gabench",
                  parent_run_id: str | None = None, run_name: str | None = None,
                  tags: dict[str, str] | None = None, description: str | None = None,
-                 log_stride: int | None = None) -> None:
+                 log_stride: int | None = None, plots: bool = True) -> None:
         self.tracking_uri = tracking_uri
         self.display_uri = redact(tracking_uri)
         self.client = tracking_client(tracking_uri)
@@ -106,6 +117,7 @@ class MLflowTracker(Callback):
         self.extra_tags = dict(tags or {})
         self.description = description
         self.log_stride = log_stride
+        self.plots = plots
         self.stride = 1
         self.total_steps = 0
         self.run_id: str | None = None
@@ -113,6 +125,8 @@ class MLflowTracker(Callback):
         self._pending_steps: list[np.ndarray] = []
         self._pending: dict[str, list[np.ndarray]] = {}
         self._outbox: list[tuple[str, float, int]] = []
+        self._last_value: dict[str, float] = {}  # per train/ metric, the value of its current run
+        self._held: dict[str, tuple[float, int]] = {}  # the run's last point, not yet sent
         self._tag_box: dict[str, str] = {}
         self._last_send = time.monotonic()
         self._family: TaskFamily | None = None
@@ -138,6 +152,8 @@ class MLflowTracker(Callback):
         """Move the complete windows of pending per-step values to the outbox (all of them
         when ``final``)."""
         if not self._pending_steps:
+            if final:
+                self._release_held()
             return
         steps = np.concatenate(self._pending_steps)
         values = {k: np.concatenate(v) for k, v in self._pending.items()}
@@ -162,10 +178,36 @@ class MLflowTracker(Callback):
                 total = np.add.reduceat(np.where(finite, x, 0.0), starts)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     agg = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-            self._outbox.extend((f"train/{name}", float(a), int(s))
-                                for a, s in zip(agg.tolist(), ends.tolist(), strict=True))
+            self._elide(f"train/{name}", agg.tolist(), ends.tolist())
         self._pending_steps = [steps[n:]] if n < len(steps) else []
         self._pending = {k: [v[n:]] for k, v in values.items()} if n < len(steps) else {}
+        if final:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        """Send the last points of the runs of equal values still open (see :meth:`_elide`)."""
+        self._outbox.extend((key, v, s) for key, (v, s) in self._held.items())
+        self._held.clear()
+
+    def _elide(self, key: str, values: list[float], steps: list[int]) -> None:
+        """Move the points of a ``train/`` curve to the outbox, except the inner points of each
+        run of equal values: a run is sent as its first and last points, which MLflow's line
+        charts join into the same flat line (the plain mean's weight statistics are constant,
+        so their curves cost two points instead of one per window)."""
+        last, held = self._last_value.get(key), self._held.pop(key, None)
+        for v, s in zip(values, steps, strict=True):
+            if last is not None and (v == last or (math.isnan(v) and math.isnan(last))):
+                held = (v, s)  # inside a run: only its last point so far is kept
+                continue
+            if held is not None:
+                self._outbox.append((key, *held))
+                held = None
+            self._outbox.append((key, v, s))
+            last = v
+        if last is not None:
+            self._last_value[key] = last
+        if held is not None:
+            self._held[key] = held
 
     # ------------------------------------------------------------------ hooks
     def on_start(self, trainer: Trainer) -> None:
@@ -233,11 +275,14 @@ class MLflowTracker(Callback):
         t0 = time.perf_counter()
         self._windows(final=True)
         self._outbox.append(("train/wall_seconds", result.wall_seconds, 0))
-        self._send()
         config = dict(result.config)
         if self._family is not None:
             config["family_params"] = family_params(self._family)
-        with tempfile.TemporaryDirectory(prefix="gabench-artifacts-") as tmp:
+        # The metrics go out on another thread while this one writes the artifacts: a store's
+        # commit mostly waits for the disk (SQLite syncs its file), the figures need the CPU.
+        with tempfile.TemporaryDirectory(prefix="gabench-artifacts-") as tmp, \
+                ThreadPoolExecutor(1, thread_name_prefix="gabench-mlflow") as pool:
+            sent = pool.submit(self._send)
             out = Path(tmp)
             result.results.to_parquet(out / "results.parquet", index=False)
             result.weights.to_parquet(out / "weights.parquet", index=False)
@@ -245,12 +290,14 @@ class MLflowTracker(Callback):
                 {"config": config, "test": {k: vars(v) for k, v in result.test.items()},
                  "wall_seconds": result.wall_seconds, "train_log_stride": self.stride},
                 indent=2, default=str) + "\n")
-            learning_curve_png(result, out / "learning_curve.png")
-            weights = result.weights.weight.to_numpy()
-            if len(weights) and np.ptp(weights) > 1e-12 * max(1.0, abs(float(weights[0]))):
-                task_weights_png(result, out / "task_weights.png")  # not for the plain mean's 1/T
+            if self.plots:
+                learning_curve_png(result, out / "learning_curve.png")
+                weights = result.weights.weight.to_numpy()
+                if len(weights) and np.ptp(weights) > 1e-12 * max(1.0, abs(float(weights[0]))):
+                    task_weights_png(result, out / "task_weights.png")  # not for the mean's 1/T
             if 0 < len(result.weights) <= MAX_WEIGHT_CSV_ROWS:
                 _write_csv(result.weights, out / "weights.csv")
+            sent.result()  # raises what the sending raised
             self.client.log_artifacts(self.run_id, str(out))
         set_terminated(self.client, self.run_id, "FINISHED", self.tracking_uri)
         self.seconds += time.perf_counter() - t0
@@ -322,9 +369,11 @@ def learning_curve_png(result: RunResult, path: Path) -> Path:
     if len(train):
         window = max(1, len(train) // 50)
         smooth = train.value.rolling(window, min_periods=1).mean()
-        thin = max(1, len(train) // 1000)  # the raw curve drawn with at most ~1000 points
-        ax.plot(train.step.iloc[::thin], train.value.iloc[::thin], color="tab:blue", alpha=0.2, lw=0.8)
-        ax.plot(train.step, smooth, color="tab:blue", lw=1.5,
+        # At most ~RAW_POINTS raw and ~SMOOTH_POINTS smoothed points are drawn: a 630-pixel-wide
+        # figure shows no more, and Agg's time grows with the length of a jagged line.
+        raw, thin = max(1, len(train) // RAW_POINTS), max(1, len(train) // SMOOTH_POINTS)
+        ax.plot(train.step.iloc[::raw], train.value.iloc[::raw], color="tab:blue", alpha=0.2, lw=0.8)
+        ax.plot(train.step.iloc[::thin], smooth.iloc[::thin], color="tab:blue", lw=1.5,
                 label=f"meta-train query loss (moving mean, {window} steps)")
     if len(val):
         ax.plot(val.step, val.value, "o-", color="tab:orange", lw=1.5, ms=3,
