@@ -249,7 +249,8 @@ def make_objective(tc: TuneConfig, parent_run_id: str | None,
         if tc.tracking_uri is not None:
             from gabench.tracking import MLflowTracker
 
-            tracker = MLflowTracker(tc.tracking_uri, tc.experiment, parent_run_id=parent_run_id,
+            # no per-trial PNGs: a trial's curves are its metrics; the study's plots go to the parent
+            tracker = MLflowTracker(tc.tracking_uri, tc.experiment, parent_run_id=parent_run_id, plots=False,
                                     run_name=f"{tc.study_name}__t{trial.number}",
                                     tags={"optuna_study": tc.study_name,
                                           "optuna_trial": str(trial.number)})

@@ -136,6 +136,19 @@ def test_default_store_is_sqlite_in_working_directory(tmp_path, monkeypatch):
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts next to the database
 
 
+def test_no_plots_leaves_the_pngs_out_and_keeps_the_rest(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["run", "--steps", "2", "--out", "r", *FAST, "--tracking-uri", uri, "--no-plots"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("gabench").experiment_id])
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert arts == {"results.parquet", "weights.parquet", "config.json", "weights.csv"}
+    assert client.get_metric_history(run.info.run_id, "train/query_loss")
+
+
 def test_no_tracking_writes_no_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

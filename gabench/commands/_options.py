@@ -72,14 +72,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def add_tracking_options(p: argparse.ArgumentParser, experiment: str | None = "gabench",
-                         experiment_help: str = "MLflow experiment name (default gabench)") -> None:
-    """``--tracking-uri``, ``--experiment`` (default ``experiment``) and ``--no-tracking``."""
+                         experiment_help: str = "MLflow experiment name (default gabench)",
+                         plots: bool = True) -> None:
+    """``--tracking-uri``, ``--experiment`` (default ``experiment``), ``--no-tracking`` and, with
+    ``plots``, ``--no-plots``."""
     g = p.add_argument_group("tracking (MLflow)")
     g.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
                         "in the working directory)")
     g.add_argument("--experiment", default=experiment, help=experiment_help)
     g.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    if not plots:
+        return
+    g.add_argument("--no-plots", action="store_true",
+                   help="leave each run's learning-curve and task-weight PNGs out of MLflow (the "
+                        "metrics and tables stay; about half of the tracking cost of a short run)")
 
 
 def tracking_uri_from_args(args: argparse.Namespace) -> str | None:

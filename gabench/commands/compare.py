@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     callbacks_for: CallbacksFor = no_callbacks
     experiment = None
     if tracking_uri is not None:
-        callbacks_for = TrackRuns(tracking_uri, args.experiment)
+        callbacks_for = TrackRuns(tracking_uri, args.experiment, plots=not args.no_plots)
         experiment = callbacks_for.prepare(study.name)
     try:
         out = run_study(study, args.out_root, workers, callbacks_for=callbacks_for,

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if tracking_uri is not None:
         from gabench.tracking import MLflowTracker
 
-        tracker = MLflowTracker(tracking_uri, args.experiment)
+        tracker = MLflowTracker(tracking_uri, args.experiment, plots=not args.no_plots)
         callbacks.append(tracker)
     # a failure is recorded by the tracker's on_fail (MLflow run FAILED or KILLED)
     result = Trainer(config, callbacks, progress=False if args.no_progress else None).fit()

@@ -61,7 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "--methods, --out and tracking options may be added")
     g.add_argument("--families", default=None,
                    help="with --study: comma-separated family labels to tune (default all)")
-    add_tracking_options(p, "gabench-tuning", "MLflow experiment name (default gabench-tuning)")
+    # no --no-plots: trials never draw per-run PNGs (their curves are metrics)
+    add_tracking_options(p, "gabench-tuning", "MLflow experiment name (default gabench-tuning)",
+                         plots=False)
     p.set_defaults(no_progress=True, parser=p)
     return p
 

@@ -27,10 +27,13 @@ class TrackRuns:
     Attributes:
         tracking_uri: MLflow tracking URI (checked beforehand).
         experiment: Experiment name; None: ``gabench-<study>``.
+        plots: Each run's learning-curve and weight PNGs (``--no-plots``: left out; the metrics
+            stay, and the study's report draws its own figures).
     """
 
     tracking_uri: str
     experiment: str | None = None
+    plots: bool = True
 
     def prepare(self, study: str) -> str:
         """Create (or find) the experiment in this process, before any worker starts: a new
@@ -60,4 +63,4 @@ class TrackRuns:
         return [MLflowTracker(self.tracking_uri, self.experiment or f"gabench-{study}",
                               run_name=run_display_name(run.method_label, run.family_label, run.config.seed,
                                                         run.setting_label),
-                              tags=tags, description=self.description(study))]
+                              tags=tags, description=self.description(study), plots=self.plots)]
