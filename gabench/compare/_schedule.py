@@ -106,8 +106,11 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                                       if (study_dir / k).is_dir()}
 
         def write_meta() -> None:
+            summary = study.summary()
+            for entry, run in zip(summary["runs"], study.runs, strict=True):
+                entry.update(task_shape(run, study_dir / run.run_id))
             write_json(study_dir / "study.json", {
-                **study.summary(), "gabench_version": __version__, "git_commit": commit,
+                **summary, "gabench_version": __version__, "git_commit": commit,
                 "run_commits": provenance})
 
         write_meta()
@@ -171,6 +174,24 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 for line in storage_errors:
                     print(f"error: {line}", file=log, flush=True)
     return CompareResult(study_dir, len(study.runs), finished, ran, failures, storage_errors)
+
+
+#: The task shape that ``study.json`` records per run (the report's hyperparameter table shows it).
+SHAPE_PARAMS: tuple[str, ...] = ("ways", "shots", "query_shots")
+
+
+def task_shape(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
+    """``ways``, ``shots`` and ``query_shots`` of a run's family (None where the family has no
+    such parameter): the resolved values its ``config.json`` recorded when it finished, else the
+    family's defaults overridden by the study file's parameters."""
+    resolved = read_json(run_dir / "config.json").get("resolved", {}).get("family_params")
+    if not isinstance(resolved, dict):
+        from gabench.tasks import FAMILIES
+
+        cls = FAMILIES.get(run.config.family)
+        defaults = {p.name: p.default for p in cls.param_specs()} if cls is not None else {}
+        resolved = {**defaults, **run.config.family_params}
+    return {key: resolved.get(key) for key in SHAPE_PARAMS}
 
 
 def prepare_study_dir(study_dir: Path) -> None:
