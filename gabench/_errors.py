@@ -6,6 +6,7 @@ value given and what is allowed. The CLI prints that line and exits with status 
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -79,3 +80,53 @@ def check_choice(param: str, value: Any, choices: Iterable[str]) -> str:
     if value not in options:
         raise ConfigError(param, value, "one of " + ", ".join(options))
     return value
+
+
+#: errno values of a write that failed because the disk (or the quota, or the file size limit)
+#: is exhausted.
+STORAGE_FULL: dict[int, str] = {errno.ENOSPC: "no space left on device",
+                                errno.EDQUOT: "no space left on device (disk quota exceeded)",
+                                errno.EFBIG: "no space left on device (file size limit reached)"}
+
+
+def storage_full(exc: BaseException) -> str | None:
+    """What ran out when ``exc`` (or an error it was raised from) is a full disk, quota or file
+    size limit (``"no space left on device"``...), else None.
+
+    Libraries that write files (pyarrow, SQLite) do not always keep the ``errno``: their messages
+    are recognised too.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "errno", None)
+        if isinstance(current, OSError) and code in STORAGE_FULL:
+            return STORAGE_FULL[code]
+        text = str(current).lower()
+        if "no space left on device" in text or "database or disk is full" in text:
+            return STORAGE_FULL[errno.ENOSPC]
+        if "file too large" in text:
+            return STORAGE_FULL[errno.EFBIG]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class StorageFullError(OSError):
+    """A write failed because the disk is full: one line naming the path (``PATH: no space left
+    on device``). Whatever was finished before stays; rerun the command after freeing space.
+
+    Args:
+        path: What could not be written.
+        what: What ran out (see :func:`storage_full`).
+    """
+
+    def __init__(self, path: str, what: str = STORAGE_FULL[errno.ENOSPC]) -> None:
+        self.path, self.what = str(path), what
+        super().__init__(errno.ENOSPC, f"{self.path}: {what}")
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.what))

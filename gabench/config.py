@@ -209,13 +209,17 @@ class RunConfig:
                               help="tasks adapted at once during evaluation (bounds memory)")
     device: str = setting("cpu", kind="str", group="schedule", help="cpu, cuda or cuda:N")
 
-    def validate(self, *, plugins: tuple[str, ...] = ()) -> RunConfig:
+    def validate(self, *, plugins: tuple[str, ...] = (), memory: bool = False) -> RunConfig:
         """Check every field against its declaration; raise :class:`ConfigError` on the first bad one.
 
         Args:
             plugins: Fields (``family``, ``algorithm``, ``aggregator``) whose plug-in is given as
                 an instance (see :class:`~gabench.trainer.Trainer`): their names are not looked
                 up in the registries and the family is not built from them.
+            memory: Also check that the run fits in the memory available now
+                (:func:`gabench._memory.check_run_memory`; ``gabench run`` does, before it creates
+                anything). Off by default: a study file is planned on one machine and may run on
+                another (the :class:`~gabench.trainer.Trainer` checks every run it starts).
         """
         for name, decl in RUN_SETTINGS.items():
             if name in plugins:
@@ -238,7 +242,11 @@ class RunConfig:
                               "false unless algorithm is maml (Reptile is first order already)")
         resolve_device(self.device)
         if "family" not in plugins:
-            self.build_family()
+            family = self.build_family()
+            if memory:
+                from gabench._memory import check_run_memory
+
+                check_run_memory(self, family)
         return self
 
     def build_family(self, base: TaskFamily | None = None) -> TaskFamily:

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gabench._errors import check_int
+from gabench._memory import check_run_memory
 from gabench.aggregators import Aggregator, weight_stats
 from gabench.algorithms import Algorithm, Learner, StepResult
 from gabench.config import RunConfig, resolve_device
@@ -111,6 +112,7 @@ class Trainer:
         config.validate(plugins=tuple(names))
         self.run_config = config
         family = config.build_family(family)
+        check_run_memory(config, family)  # before anything is allocated: one line if it cannot fit
         base = family.base if isinstance(family, OutlierTasks) else family
         alpha = float(config.alpha) if config.alpha is not None else float(type(base).default_alpha)
         self.family = family

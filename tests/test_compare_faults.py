@@ -3,6 +3,7 @@ workers whose parent is killed, runs finished meanwhile, and truncated run table
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_compare import STUDY, study_file
+from test_compare import STUDY, run_ids_in_table, study_file
 
 from gabench._errors import ConfigError
 from gabench.commands import main
@@ -130,3 +131,119 @@ def test_device_override_applies_to_every_run_and_is_checked_first(tmp_path, cap
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking", "--device", "cpu"]) == 0
     configs = [json.loads(p.read_text())["config"]["device"] for p in out.glob("tiny/*/config.json")]
     assert configs == ["cpu"] * 4
+
+
+def _no_space(path):
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_while_writing_a_run_fails_that_run_in_one_line_and_a_rerun_resumes(
+        tmp_path, monkeypatch, capsys):
+    from gabench import results
+    from gabench.tracking import tracking_client
+
+    original = results.write_run
+
+    def write_run(out, result, overwrite=False):
+        if Path(out).name == "sine__maml+ga__s1":
+            raise _no_space(out)
+        return original(out, result, overwrite)
+
+    monkeypatch.setattr(results, "write_run", write_run)
+    path, out = study_file(tmp_path), tmp_path / "runs"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["compare", str(path), "--out-root", str(out), "--tracking-uri", uri]) == 1
+    study_dir = out / "tiny"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    victim = study_dir / "sine__maml+ga__s1"
+    lines = [line for line in err.splitlines() if f"{victim}: no space left on device" in line]
+    assert len(lines) == 2  # the progress line and the summary line of the failed run
+    assert json.loads((study_dir / "failed.json").read_text()) == {
+        "sine__maml+ga__s1": f"{victim}: no space left on device; nothing of this run was kept "
+                             "(free space and rerun to resume)"}
+    assert not victim.exists() and not [p for p in study_dir.iterdir() if ".tmp-" in p.name]
+    assert set(run_ids_in_table(study_dir)) == {"sine__maml__s0", "sine__maml__s1", "sine__maml+ga__s0"}
+    client = tracking_client(uri)
+    runs = client.search_runs([client.get_experiment_by_name("gabench-tiny").experiment_id])
+    status = {r.data.tags["study_run"]: r.info.status for r in runs}
+    assert status == {"sine__maml__s0": "FINISHED", "sine__maml__s1": "FINISHED",
+                      "sine__maml+ga__s0": "FINISHED", "sine__maml+ga__s1": "FAILED"}
+    failed = next(r for r in runs if r.data.tags["study_run"] == "sine__maml+ga__s1")
+    assert "no space left on device" in failed.data.tags["failure_reason"]
+
+    monkeypatch.setattr(results, "write_run", original)  # space freed: the same command resumes
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
+    assert "3 finished already, 1 to run" in capsys.readouterr().err
+    assert len(set(run_ids_in_table(study_dir))) == 4
+    assert json.loads((study_dir / "failed.json").read_text()) == {}
+
+
+def test_a_full_disk_while_writing_the_study_table_keeps_the_runs_and_a_rerun_rebuilds_it(
+        tmp_path, monkeypatch, capsys):
+    original = pd.DataFrame.to_parquet
+
+    def to_parquet(self, target, *args, **kwargs):
+        if Path(target).name.startswith((".results.parquet.tmp-", ".weights.parquet.tmp-")):
+            Path(target).write_bytes(b"PAR1 half")  # a partial file, then the disk is full
+            raise _no_space(target)
+        return original(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    path, out = study_file(tmp_path), tmp_path / "runs"
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
+    study_dir = out / "tiny"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"gabench compare: error: {study_dir / 'results.parquet'}: no space left on device\n" in err
+    assert "run the same command again" in err
+    # every run is complete, no table half-written, no temporary file left holding space
+    study = load_study(path)
+    assert all(run_state(study_dir / r.run_id, r.config) == "finished" for r in study.runs)
+    assert not (study_dir / "results.parquet").exists()
+    assert not [p for p in study_dir.iterdir() if ".tmp-" in p.name]
+    assert json.loads((study_dir / "failed.json").read_text()) == {}
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", original)
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
+    assert "4 finished already, 0 to run" in capsys.readouterr().err
+    assert len(set(run_ids_in_table(study_dir))) == 4
+
+
+def test_a_full_disk_before_any_run_is_one_line(tmp_path, monkeypatch, capsys):
+    from gabench.compare import _state
+
+    def write_text(self, *args, **kwargs):
+        raise _no_space(self)
+
+    path, out = study_file(tmp_path), tmp_path / "runs"
+    monkeypatch.setattr(_state.Path, "write_text", write_text)
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gabench compare: error: {out / 'tiny' / 'study.json'}: no space left on device; "
+                   "free space and run the same command again")
+
+
+def test_a_real_file_size_limit_fails_each_run_in_one_line_and_a_rerun_resumes(tmp_path):
+    # `ulimit -f 4`: any file over 4 KiB cannot be written (EFBIG; Python ignores SIGXFSZ), so
+    # every run's tables fail as on a full disk, while study.json and failed.json fit
+    path = study_file(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    command = f"ulimit -f 4; exec {sys.executable} -m gabench compare {path} --out-root runs --no-tracking"
+    limited = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert limited.returncode == 1, limited.stderr
+    assert "Traceback" not in limited.stderr
+    study_dir = tmp_path / "runs" / "tiny"
+    failed = json.loads((study_dir / "failed.json").read_text())
+    assert set(failed) == {"sine__maml__s0", "sine__maml__s1", "sine__maml+ga__s0", "sine__maml+ga__s1"}
+    for run_id, reason in failed.items():
+        assert reason.startswith(f"runs/tiny/{run_id}: no space left on device"), reason
+        assert f"  {run_id}: runs/tiny/{run_id}: no space left on device" in limited.stderr
+    assert not [p for p in study_dir.iterdir() if p.name not in ("study.json", "failed.json", ".lock")]
+    again = subprocess.run([sys.executable, "-m", "gabench", "compare", str(path), "--out-root", "runs",
+                            "--no-tracking"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "0 finished already, 4 to run" in again.stderr
+    assert len(set(run_ids_in_table(study_dir))) == 4

@@ -68,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             family_params[key] = value
     values = {name: getattr(args, name) for name, decl in RUN_SETTINGS.items() if decl.kind != "params"}
     return RunConfig(family_params=family_params, aggregator_params=dict(args.aggregator_param),
-                     **values).validate()
+                     **values).validate(memory=True)
 
 
 def add_tracking_options(p: argparse.ArgumentParser, experiment: str | None = "gabench",

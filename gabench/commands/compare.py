@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gabench._errors import check_int
+    from gabench._errors import StorageFullError, check_int
     from gabench.compare import CallbacksFor, Terminated, TrackRuns, no_callbacks, run_state, run_study
     from gabench.study import load_study
 
@@ -72,18 +72,32 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = run_study(study, args.out_root, workers, callbacks_for=callbacks_for,
                         redo_changed=args.redo_changed, threads=args.threads, scheduler=args.scheduler)
+    except StorageFullError as exc:  # before any run: nothing was run
+        print(f"gabench compare: error: {exc}; free space and run the same command again",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"
         print(f"gabench compare: {how}; finished runs are kept in {Path(args.out_root) / study.name}/"
               f"; run the same command again to resume", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    print(f"{out.finished}/{out.planned} runs finished; table: {out.study_dir / 'results.parquet'}")
+    table = out.study_dir / "results.parquet"
+    rebuilt = not any(line.startswith(f"{table}:") for line in out.storage_errors)
+    print(f"{out.finished}/{out.planned} runs finished; table: {table}"
+          + ("" if rebuilt else " (not rebuilt: no space left)"))
     if tracking_uri is not None:
         from gabench._redact import redact
 
         print(f"tracked in MLflow ({redact(tracking_uri)}, experiment {experiment!r})")
-    if out.failures:
-        print(f"gabench compare: error: {len(out.failures)} run(s) failed: "
-              + "; ".join(f"{k}: {v}" for k, v in out.failures.items()), file=sys.stderr)
+    for line in out.storage_errors:
+        print(f"gabench compare: error: {line}", file=sys.stderr)
+    if out.failures:  # one line per failed run
+        print(f"gabench compare: error: {len(out.failures)} run(s) failed:", file=sys.stderr)
+        for run_id, reason in out.failures.items():
+            print(f"  {run_id}: {reason}", file=sys.stderr)
+    if out.storage_errors or out.failures:
+        if out.storage_errors or any("no space left on device" in r for r in out.failures.values()):
+            print("gabench compare: free space and run the same command again to resume "
+                  "(finished runs are kept)", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from gabench._errors import storage_full
 from gabench.compare._signals import exit_if_terminated_worker, run_active
 from gabench.compare._tracking import CallbacksFor, no_callbacks
 from gabench.study import PlannedRun
@@ -52,15 +53,24 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    callbacks: list[Any] = []
+    trained = False
     try:
+        callbacks = callbacks_for(run, study)
         with run_active():
-            result = train_planned(run, study, callbacks_for(run, study))
+            result = train_planned(run, study, callbacks)
+        trained = True
         write_run(out_dir, result, overwrite=overwrite)
     except Exception as exc:  # any error is this run's failure (reason kept); the others go on
         finished = not overwrite and run_state(out_dir, run.config) == "finished"
         if finished and not isinstance(exc, DivergedError):  # written by another process meanwhile
             return outcome(True, "finished meanwhile; skipped")
-        return outcome(False, one_line(exc))
+        full = storage_full(exc)
+        message = (f"{out_dir}: {full}; nothing of this run was kept (free space and rerun to resume)"
+                   if full else one_line(exc))
+        if trained:  # tracked as FINISHED by now, but its results are not on disk: a failed run
+            _mark_failed(callbacks, message)
+        return outcome(False, message)
     except BaseException as exc:
         exit_if_terminated_worker(exc)
         raise
@@ -68,6 +78,18 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
         torch.set_num_threads(previous)
     post = result.test.get("loss_post")
     return outcome(True, f"loss_post={post.mean:.4g}" if post is not None else "")
+
+
+def _mark_failed(callbacks: list[Any], reason: str) -> None:
+    """Mark the tracked run of a run whose results could not be written as FAILED, where the
+    tracking store still takes a write (on the same full disk it may not)."""
+    for cb in callbacks:
+        fail = getattr(cb, "fail", None)
+        if callable(fail):
+            try:
+                fail(f"results not written: {reason}")
+            except Exception:  # the run's own failure is what is reported
+                pass
 
 
 def one_line(exc: BaseException) -> str:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from gabench import __version__
-from gabench._errors import ConfigError, check_int
+from gabench._errors import ConfigError, StorageFullError, check_int
 from gabench._provenance import git_commit
 from gabench.compare._execute import execute_run
 from gabench.compare._signals import sigterm_stops, worker_init
@@ -42,7 +42,11 @@ class CompareResult:
         planned: Number of runs in the plan.
         finished: Planned runs with results on disk at the end.
         ran: Runs executed by this call.
-        failures: Run id -> one-line reason, for runs that stopped (e.g. diverged).
+        failures: Run id -> one-line reason, for runs that stopped (e.g. diverged, or whose
+            results could not be written on a full disk).
+        storage_errors: One line per study file (table, ``failed.json``, ``study.json``) that
+            could not be written on a full disk (``PATH: no space left on device``); the file
+            kept its previous content, and the next compare rewrites it.
     """
 
     study_dir: Path
@@ -50,6 +54,7 @@ class CompareResult:
     finished: int
     ran: int
     failures: dict[str, str] = field(default_factory=dict)
+    storage_errors: list[str] = field(default_factory=list)
 
 
 def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
@@ -101,8 +106,11 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                                       if (study_dir / k).is_dir()}
 
         def write_meta() -> None:
+            summary = study.summary()
+            for entry, run in zip(summary["runs"], study.runs, strict=True):
+                entry.update(task_shape(run, study_dir / run.run_id))
             write_json(study_dir / "study.json", {
-                **study.summary(), "gabench_version": __version__, "git_commit": commit,
+                **summary, "gabench_version": __version__, "git_commit": commit,
                 "run_commits": provenance})
 
         write_meta()
@@ -124,6 +132,17 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
         print(f"{study.name}: {len(study.runs)} runs planned, {done} finished already, "
               f"{len(todo)} to run {where} -> {study_dir}/", file=log, flush=True)
         failures: dict[str, str] = {}
+        storage_errors: list[str] = []
+
+        def keep_going(write: Callable[[], Any]) -> Any:
+            """``write()``, or None with its one line kept when the disk is full."""
+            try:
+                return write()
+            except StorageFullError as exc:
+                if str(exc) not in storage_errors:
+                    storage_errors.append(str(exc))
+                return None
+
         ran = 0
         start = last_rebuild = time.monotonic()
         try:
@@ -140,14 +159,39 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                     failures[outcome["run_id"]] = outcome["message"]
                 _progress(log, time.monotonic() - start, ran, len(todo), done, len(study.runs), outcome)
                 if time.monotonic() - last_rebuild > REBUILD_EVERY_S:  # `gabench report` meanwhile
-                    rebuild_table(study, study_dir)
-                    write_meta()
+                    keep_going(lambda: rebuild_table(study, study_dir))
+                    keep_going(write_meta)
                     last_rebuild = time.monotonic()
         finally:
-            finished = rebuild_table(study, study_dir)
-            write_json(study_dir / "failed.json", failures)
-            write_meta()
-    return CompareResult(study_dir, len(study.runs), finished, ran, failures)
+            # on a full disk each of these keeps its previous file (written atomically) and
+            # leaves one line; a rerun after freeing space rewrites them from the finished runs
+            finished = keep_going(lambda: rebuild_table(study, study_dir))
+            keep_going(lambda: write_json(study_dir / "failed.json", failures))
+            keep_going(write_meta)
+            if finished is None:
+                finished = sum(run_state(study_dir / r.run_id, r.config) == "finished" for r in study.runs)
+            if storage_errors and sys.exc_info()[0] is not None:  # stopped: say it here
+                for line in storage_errors:
+                    print(f"error: {line}", file=log, flush=True)
+    return CompareResult(study_dir, len(study.runs), finished, ran, failures, storage_errors)
+
+
+#: The task shape that ``study.json`` records per run (the report's hyperparameter table shows it).
+SHAPE_PARAMS: tuple[str, ...] = ("ways", "shots", "query_shots")
+
+
+def task_shape(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
+    """``ways``, ``shots`` and ``query_shots`` of a run's family (None where the family has no
+    such parameter): the resolved values its ``config.json`` recorded when it finished, else the
+    family's defaults overridden by the study file's parameters."""
+    resolved = read_json(run_dir / "config.json").get("resolved", {}).get("family_params")
+    if not isinstance(resolved, dict):
+        from gabench.tasks import FAMILIES
+
+        cls = FAMILIES.get(run.config.family)
+        defaults = {p.name: p.default for p in cls.param_specs()} if cls is not None else {}
+        resolved = {**defaults, **run.config.family_params}
+    return {key: resolved.get(key) for key in SHAPE_PARAMS}
 
 
 def prepare_study_dir(study_dir: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from gabench._errors import ConfigError
+from gabench._errors import ConfigError, StorageFullError, storage_full
 from gabench.config import RunConfig
 from gabench.results import RESULT_COLUMNS, WEIGHT_COLUMNS
 from gabench.study import Study
@@ -124,8 +124,13 @@ def rebuild_table(study: Study, study_dir: Path) -> int:
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:
     """Write ``frame`` to ``path`` atomically (a temporary file renamed into place)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a partial file would hold on to the space that ran out
+        _raise_if_full(exc, path)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -139,5 +144,18 @@ def read_json(path: Path) -> dict[str, Any]:
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` atomically."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        _raise_if_full(exc, path)
+        raise
+
+
+def _raise_if_full(exc: BaseException, path: Path) -> None:
+    """Raise :class:`~gabench._errors.StorageFullError` (one line naming ``path``) when ``exc``
+    is a full disk; the file at ``path`` is unchanged (written atomically)."""
+    full = storage_full(exc) if isinstance(exc, Exception) else None
+    if full:
+        raise StorageFullError(str(path), full) from None

@@ -171,12 +171,13 @@ class _Sections:
         if not runs or "alpha" not in runs[0]:
             return ""
         frame = pd.DataFrame(runs)
-        keys = [k for k in ["alpha", "beta", "inner_steps", "meta_batch", "steps", "optimizer", "eval_every"]
+        keys = [k for k in ["ways", "shots", "query_shots",  # the task shape (resolved family parameters)
+                            "alpha", "beta", "inner_steps", "meta_batch", "steps", "optimizer", "eval_every"]
                 if k in frame]
         rows = []
         for (f, m), g in frame.groupby(["family_label", "method_label"], sort=False):
-            vals = [", ".join(sorted({f"{v:g}" if isinstance(v, float) else str(v) for v in g[k]}))
-                    for k in keys]
+            vals = [", ".join(sorted({"-" if v is None or v != v else f"{v:g}" if isinstance(v, float)
+                                      else str(v) for v in g[k]})) for k in keys]
             rows.append([f, m, *vals])
         return md_table(["family", "method", *keys], rows)
 

@@ -16,6 +16,20 @@ from torch import nn
 from gabench._errors import ConfigError, check_choice, check_int
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+#: Upper bounds of the families' size parameters. A larger value is refused with one line when
+#: the family is built (before anything is created), instead of failing in the allocator later;
+#: within these bounds, :mod:`gabench._memory` checks that a whole run fits in memory.
+#: Support or query examples per task or per class (the run settings' bound, see gabench.config).
+MAX_SHOTS = 100_000
+#: Width of an MLP hidden layer (MAML's sine model has 40): a 4096-wide MLP has 17M parameters.
+MAX_HIDDEN = 4096
+#: Feature maps of a Conv-4 layer (MAML uses 32 or 64): 512 maps are 7M parameters.
+MAX_FILTERS = 512
+#: Input dimension of the logistic families (one weight per input).
+MAX_DIM = 100_000
+#: Input dimension of the scikit-learn families, which draw a dim x dim rotation per task.
+MAX_SKLEARN_DIM = 256
 SPLIT_INDEX: dict[str, int] = {s: i for i, s in enumerate(SPLITS)}
 
 
@@ -395,8 +409,8 @@ def _convert(param: str, value: Any, typ: Any) -> Any:
 def check_shots(family: str, shots: Any, query_shots: Any, available: int | None = None,
                 per: str = "task") -> tuple[int, int]:
     """Validate support and query sizes; ``available`` bounds their sum when data is finite."""
-    shots = check_int("shots", shots)
-    query_shots = check_int("query_shots", query_shots)
+    shots = check_int("shots", shots, maximum=MAX_SHOTS)
+    query_shots = check_int("query_shots", query_shots, maximum=MAX_SHOTS)
     if available is not None and shots + query_shots > available:
         raise ConfigError(
             "shots", shots,

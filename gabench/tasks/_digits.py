@@ -11,7 +11,7 @@ from torch import nn
 
 from gabench._errors import ConfigError, check_choice, check_int
 from gabench.models import MLP, ConvNet
-from gabench.tasks._base import SPLITS, TaskFamily, check_shots
+from gabench.tasks._base import MAX_HIDDEN, SPLITS, TaskFamily, check_shots
 
 #: Which digits each split draws its classes from: the splits share no digit.
 SPLIT_DIGITS: dict[str, tuple[int, ...]] = {
@@ -116,7 +116,7 @@ class Digits(TaskFamily):
         self.shots, self.query_shots = check_shots(self.name, shots, query_shots, per_class,
                                                    per="class")
         self.model = check_choice("model", model, ("mlp", "conv"))
-        self.hidden = check_int("hidden", hidden)
+        self.hidden = check_int("hidden", hidden, maximum=MAX_HIDDEN)
         counts = np.bincount(labels, minlength=10)
         #: Row d: the image indices of digit d (padded with -1), for vectorised sampling.
         self._digit_images = np.full((10, int(counts.max())), -1, np.int64)

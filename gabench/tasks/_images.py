@@ -16,7 +16,7 @@ from torch import nn
 from gabench._errors import ConfigError, check_int
 from gabench.datasets import CHANNELS, SIDES, ImageSet, check_ways, load_dataset
 from gabench.models import Conv4
-from gabench.tasks._base import SPLITS, TaskFamily, check_shots
+from gabench.tasks._base import MAX_FILTERS, SPLITS, TaskFamily, check_shots
 
 
 def _choose(rng: np.random.Generator, rows: int, n_items: np.ndarray | int, k: int) -> np.ndarray:
@@ -73,7 +73,7 @@ class ImageFamily(TaskFamily):
             raise ConfigError("root", root, "a folder path (a string)")
         self.ways = check_int("ways", ways, minimum=2)
         self.shots, self.query_shots = check_shots(self.name, shots, query_shots)
-        self.filters = check_int("filters", filters)
+        self.filters = check_int("filters", filters, maximum=MAX_FILTERS)
         self.root = root
         self.data: ImageSet = load_dataset(self.dataset, root)
         check_ways(self.data, self.ways, self.rotations)

@@ -8,7 +8,7 @@ from torch import nn
 
 from gabench._errors import ConfigError, check_fraction, check_int, check_positive
 from gabench.models import Logistic
-from gabench.tasks._base import TaskFamily, check_shots, split_seed, torch_generator, uniform_float32
+from gabench.tasks._base import MAX_DIM, TaskFamily, check_shots, split_seed, torch_generator, uniform_float32
 
 
 class LinearBinary(TaskFamily):
@@ -44,7 +44,7 @@ class LinearBinary(TaskFamily):
                  task_spread: float = 0.5, label_noise: float = 0.05,
                  structure_seed: int = 0) -> None:
         self.shots, self.query_shots = check_shots(self.name, shots, query_shots)
-        self.dim = check_int("dim", dim)
+        self.dim = check_int("dim", dim, maximum=MAX_DIM)
         self.task_spread = check_positive("task_spread", task_spread, allow_zero=True)
         self.label_noise = check_fraction("label_noise", label_noise)
         if self.label_noise >= 0.5:

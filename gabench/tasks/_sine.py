@@ -10,7 +10,7 @@ from torch import nn
 
 from gabench._errors import ConfigError, check_int, check_positive
 from gabench.models import MLP
-from gabench.tasks._base import TaskFamily, check_shots
+from gabench.tasks._base import MAX_HIDDEN, TaskFamily, check_shots
 
 
 class Sine(TaskFamily):
@@ -45,7 +45,7 @@ class Sine(TaskFamily):
         self.amp_max = check_positive("amp_max", amp_max)
         if self.amp_max < self.amp_min:
             raise ConfigError("amp_max", amp_max, f"a number >= amp_min={self.amp_min}")
-        self.hidden = check_int("hidden", hidden)
+        self.hidden = check_int("hidden", hidden, maximum=MAX_HIDDEN)
         self.ways = 1
 
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -24,7 +24,14 @@ from torch import nn
 
 from gabench._errors import ConfigError, check_int, check_positive
 from gabench.models import MLP
-from gabench.tasks._base import TaskFamily, check_shots, split_seed, torch_generator
+from gabench.tasks._base import (
+    MAX_HIDDEN,
+    MAX_SKLEARN_DIM,
+    TaskFamily,
+    check_shots,
+    split_seed,
+    torch_generator,
+)
 
 
 def random_rotations(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -91,7 +98,7 @@ class SklearnFamily(TaskFamily):
         if self.scale_spread < 1:
             raise ConfigError("scale_spread", scale_spread, "a number >= 1")
         self.shift_std = check_positive("shift_std", shift_std, allow_zero=True)
-        self.hidden = check_int("hidden", hidden)
+        self.hidden = check_int("hidden", hidden, maximum=MAX_HIDDEN)
 
     @abstractmethod
     def _draw(self, n_tasks: int, n_per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -168,7 +175,7 @@ class Classification(_ClassificationFamily):
                  noise: float = 0.0, class_sep: float = 1.5, rotate: bool = True,
                  scale_spread: float = 1.5, shift_std: float = 0.5, hidden: int = 40) -> None:
         self._init_common(shots, query_shots, noise, rotate, scale_spread, shift_std, hidden)
-        self.dim = check_int("dim", dim, minimum=1)
+        self.dim = check_int("dim", dim, maximum=MAX_SKLEARN_DIM)
         self.ways = check_int("ways", ways, minimum=2, maximum=min(2**self.dim, 64))
         self.class_sep = check_positive("class_sep", class_sep)
 
@@ -303,7 +310,7 @@ class Blobs(_ClassificationFamily):
                  cluster_std: float = 1.5, rotate: bool = True, scale_spread: float = 1.5,
                  shift_std: float = 0.5, hidden: int = 40) -> None:
         self._init_common(shots, query_shots, 0.0, rotate, scale_spread, shift_std, hidden)
-        self.dim = check_int("dim", dim)
+        self.dim = check_int("dim", dim, maximum=MAX_SKLEARN_DIM)
         self.ways = check_int("ways", ways, minimum=2, maximum=64)
         self.cluster_std = check_positive("cluster_std", cluster_std)
 
@@ -342,7 +349,7 @@ class Regression(SklearnFamily):
                  rotate: bool = False, scale_spread: float = 1.5, shift_std: float = 0.2,
                  hidden: int = 40) -> None:
         self._init_common(shots, query_shots, noise, rotate, scale_spread, shift_std, hidden)
-        self.dim = check_int("dim", dim, minimum=5)
+        self.dim = check_int("dim", dim, minimum=5, maximum=MAX_SKLEARN_DIM)
         self.ways = 1
 
     def _draw(self, n_tasks: int, n_per_class: int, rng: np.random.Generator) -> np.ndarray:

@@ -8,7 +8,7 @@ from torch import nn
 
 from gabench._errors import check_int
 from gabench.models import Logistic
-from gabench.tasks._base import TaskFamily, check_shots, split_seed, uniform_float32
+from gabench.tasks._base import MAX_DIM, TaskFamily, check_shots, split_seed, uniform_float32
 
 
 class TextbookBinary(TaskFamily):
@@ -45,7 +45,7 @@ class TextbookBinary(TaskFamily):
 
     def __init__(self, shots: int = 10, query_shots: int = 10, dim: int = 50) -> None:
         self.shots, self.query_shots = check_shots(self.name, shots, query_shots)
-        self.dim = check_int("dim", dim)
+        self.dim = check_int("dim", dim, maximum=MAX_DIM)
         self.ways = 2
 
     def _sample(self, n_tasks: int, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
