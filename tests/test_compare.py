@@ -8,40 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import TINY_STUDY, alive, children, study_file
 
 from gabench._errors import ConfigError
 from gabench.commands import main
 from gabench.compare import run_study
 from gabench.study import load_study
 from gabench.trainer import Callback
-
-STUDY = """
-name = "tiny"
-seeds = 2
-[defaults]
-steps = 3
-meta_batch = 2
-test_tasks = 4
-eval_every = 0
-[families.sine]
-[methods.maml]
-algorithm = "maml"
-[methods."maml+ga"]
-algorithm = "maml"
-aggregator = "ga"
-"""
-
-
-def study_file(tmp_path: Path, text: str = STUDY) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def run_ids_in_table(study_dir: Path) -> pd.Series:
@@ -103,7 +81,7 @@ def test_resume_after_interruption_counts_each_run_once(tmp_path):
 
 @pytest.mark.integration
 def test_kill_9_then_resume(tmp_path):
-    text = STUDY.replace("steps = 3", "steps = 150")
+    text = TINY_STUDY.replace("steps = 3", "steps = 150")
     path = study_file(tmp_path, text)
     out = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,7 +109,7 @@ def test_changed_configuration_is_an_error_unless_redone(tmp_path, capsys):
     path = study_file(tmp_path)
     out = tmp_path / "runs"
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
-    path.write_text(textwrap.dedent(STUDY).replace("[methods.maml]\n", "[methods.maml]\nbeta = 0.01\n"))
+    study_file(tmp_path, TINY_STUDY.replace("[methods.maml]\n", "[methods.maml]\nbeta = 0.01\n"))
     capsys.readouterr()
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 2
     err = capsys.readouterr().err.strip()
@@ -179,7 +157,7 @@ def test_callbacks_for_hook_reaches_every_run(tmp_path):
 
 @pytest.mark.integration
 def test_workers_run_in_separate_processes(tmp_path):
-    study = load_study(study_file(tmp_path, STUDY.replace("seeds = 2", "seeds = 1")))
+    study = load_study(study_file(tmp_path, TINY_STUDY.replace("seeds = 2", "seeds = 1")))
     result = run_study(study, tmp_path / "runs", workers=2)
     assert (result.ran, result.finished) == (2, 2)
     serial = run_study(study, tmp_path / "serial")
@@ -194,7 +172,7 @@ def test_workers_run_in_separate_processes(tmp_path):
 def test_compare_tracks_every_run_in_mlflow_from_two_workers(tmp_path, capsys):
     from mlflow import MlflowClient
 
-    path = study_file(tmp_path, STUDY.replace("seeds = 2", "seeds = 1"))
+    path = study_file(tmp_path, TINY_STUDY.replace("seeds = 2", "seeds = 1"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--workers", "2",
                  "--tracking-uri", uri]) == 0
@@ -212,26 +190,6 @@ def test_compare_tracks_every_run_in_mlflow_from_two_workers(tmp_path, capsys):
         assert len(client.get_metric_history(r.info.run_id, "train/query_loss")) == 3
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_killed(tmp_path):
@@ -239,7 +197,7 @@ def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_kill
 
     # runs that last seconds, so that some are in progress when SIGTERM comes (the resume
     # below reruns those: more steps would only make it longer)
-    path = study_file(tmp_path, STUDY.replace("steps = 3", "steps = 1000"))
+    path = study_file(tmp_path, TINY_STUDY.replace("steps = 3", "steps = 1000"))
     out = tmp_path / "runs"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -256,16 +214,16 @@ def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_kill
         if exp is not None and len(client.search_runs([exp.experiment_id])) >= 2:
             break
         time.sleep(0.2)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert workers, "no worker processes found"
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 143, err
     assert "terminated; finished runs are kept" in err
     deadline = time.time() + 30
-    while any(_alive(p) for p in workers) and time.time() < deadline:
+    while any(alive(p) for p in workers) and time.time() < deadline:
         time.sleep(0.2)
-    assert not [p for p in workers if _alive(p)], "worker processes outlived the terminated compare"
+    assert not [p for p in workers if alive(p)], "worker processes outlived the terminated compare"
     runs = client.search_runs([exp.experiment_id])
     statuses = sorted(r.info.status for r in runs)
     assert statuses.count("KILLED") >= 1 and "RUNNING" not in statuses, statuses
