@@ -108,6 +108,8 @@ class RunPayload:
 class RunCancelled(RuntimeError):
     """The run's task was cancelled (the client stopped or went away) while it trained."""
 
+    gabench_run_status = "KILLED"  # stopped, not broken: MLflow KILLED (tracking._mlflow.run_status)
+
 
 class _StopWhenCancelled(Callback):
     """Stops a run whose Dask task the scheduler has released, at the next training-log flush."""

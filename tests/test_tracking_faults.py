@@ -17,12 +17,15 @@ import pandas as pd
 import pytest
 from test_tracking import FAST, assert_same_line, free_port, mlflow_server  # noqa: F401 - a fixture
 
+from gabench import _dask
+from gabench._processes import Terminated
 from gabench._redact import redact, scrub, secrets_of
 from gabench.commands import main
 from gabench.config import RunConfig
 from gabench.tasks import FAMILIES
 from gabench.tracking import MLflowTracker, check_tracking_uri, tracking_client
-from gabench.trainer import Trainer
+from gabench.tracking._mlflow import run_status
+from gabench.trainer import DivergedError, Trainer
 
 # every test here starts processes or servers (real Dask/MLflow/SQLite peers)
 pytestmark = pytest.mark.integration
@@ -245,6 +248,29 @@ def test_default_stride_bounds_the_points_per_curve(tmp_path):
     assert tracker.stride == 3
     assert len(history) == -(-steps // 3) <= MAX_TRAIN_POINTS
     assert max(m.step for m in history) == steps
+
+
+class TrialPruned(Exception):
+    """Not Optuna's: a run it ends failed (the status follows the class, not its name)."""
+
+
+class RunCancelled(RuntimeError):
+    """Not gabench's."""
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    (KeyboardInterrupt(), "KILLED"),
+    (SystemExit(1), "KILLED"),
+    (Terminated("signal 15"), "KILLED"),
+    (_dask.RunCancelled("task x was cancelled"), "KILLED"),
+    (optuna.TrialPruned("diverged"), "KILLED"),
+    (RuntimeError("boom"), "FAILED"),
+    (DivergedError(3, "query_loss", float("nan")), "FAILED"),
+    (TrialPruned("same name"), "FAILED"),
+    (RunCancelled("same name"), "FAILED"),
+])
+def test_run_status_of_a_stopped_run_is_killed_and_of_a_broken_one_failed(exc, status):
+    assert run_status(exc) == status
 
 
 def test_on_fail_marks_the_run_killed_or_failed(tmp_path):
