@@ -81,7 +81,7 @@ class GabenchConv4(Implementation):
             algorithm=setting.algorithm, first_order=setting.first_order, aggregator=setting.aggregator,
             alpha=ALPHA, beta=BETA, inner_steps=setting.inner_steps, meta_batch=setting.meta_batch,
             steps=1, test_tasks=1, seed=SEED, device=device)
-        self.trainer = Trainer.from_config(config, progress=False)
+        self.trainer = Trainer(config, progress=False)
         if self.trainer.learner.fast is not None:
             raise RuntimeError("Conv-4 was expected on the general vmap path")
 

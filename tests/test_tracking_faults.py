@@ -199,7 +199,7 @@ def test_training_curves_are_window_means_of_the_per_step_record(tmp_path, strid
     config = RunConfig(family="linear-binary", aggregator="ga", steps=10, meta_batch=4,
                        outlier_fraction=0.25, eval_every=4, val_tasks=4, test_tasks=4)
     tracker = MLflowTracker(uri, "windows", log_stride=stride)
-    trainer = Trainer.from_config(config, [tracker], progress=False)
+    trainer = Trainer(config, [tracker], progress=False)
     trainer.log_every = 3  # flushes that do not line up with the windows
     result = trainer.fit()
     client = tracking_client(uri)
@@ -223,7 +223,7 @@ def test_constant_curves_cost_two_points(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = RunConfig(family="sine", steps=12, meta_batch=4, test_tasks=4)
     tracker = MLflowTracker(uri, "constant", log_stride=2)
-    trainer = Trainer.from_config(config, [tracker], progress=False)
+    trainer = Trainer(config, [tracker], progress=False)
     trainer.log_every = 5
     result = trainer.fit()
     client = tracking_client(uri)
@@ -243,7 +243,7 @@ def test_default_stride_bounds_the_points_per_curve(tmp_path):
     steps = 2 * MAX_TRAIN_POINTS + 5
     config = RunConfig(family="linear-binary", steps=steps, meta_batch=2, test_tasks=2)
     tracker = MLflowTracker(uri, "stride")
-    Trainer.from_config(config, [tracker], progress=False).fit()
+    Trainer(config, [tracker], progress=False).fit()
     history = tracking_client(uri).get_metric_history(tracker.run_id, "train/query_loss")
     assert tracker.stride == 3
     assert len(history) == -(-steps // 3) <= MAX_TRAIN_POINTS
@@ -290,7 +290,7 @@ def test_on_fail_marks_the_run_killed_or_failed(tmp_path):
         config = RunConfig(family="linear-binary", steps=4, eval_every=2, meta_batch=2,
                            val_tasks=2, test_tasks=2)
         with pytest.raises(Stop):
-            Trainer.from_config(config, [tracker], progress=False).fit()
+            Trainer(config, [tracker], progress=False).fit()
         tracker.on_fail(exc_type("stopped at 2"))
         run = tracking_client(uri).get_run(tracker.run_id)
         assert run.info.status == status
