@@ -17,7 +17,7 @@ from helpers import TINY_STUDY, alive, children, study_file
 
 from gabench._errors import ConfigError
 from gabench.commands import main
-from gabench.compare import run_study
+from gabench.compare import rebuild_table, run_study
 from gabench.study import load_study
 from gabench.trainer import Callback
 
@@ -51,6 +51,34 @@ def test_compare_runs_the_plan_and_builds_one_table(tmp_path, capsys):
     assert cfg["study"]["run_id"] == "sine__maml+ga__s1" and cfg["config"]["seed"] == 1
     text = capsys.readouterr()
     assert "[4/4]" in text.err and "ETA" in text.err and "4/4 runs finished" in text.out
+
+
+def test_rebuilding_the_table_reads_each_run_table_once_and_gives_the_same_table(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    path = study_file(tmp_path)
+    study = load_study(path)
+    run_study(study, tmp_path / "runs")
+    study_dir = tmp_path / "runs" / "tiny"
+    before = {name: pd.read_parquet(study_dir / name) for name in ("results.parquet", "weights.parquet")}
+    (study_dir / "sine__maml__s1" / "weights.parquet").write_bytes(b"PAR1 cut short")  # not finished
+    reads: list[str] = []
+    read_table = pq.read_table
+
+    def counting(source, *args, **kwargs):
+        reads.append(str(Path(source).relative_to(study_dir)))
+        return read_table(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", counting)
+    assert rebuild_table(study, study_dir) == 3
+    finished = ["sine__maml__s0", "sine__maml+ga__s0", "sine__maml+ga__s1"]
+    assert sorted(reads) == sorted([f"{r}/results.parquet" for r in [*finished, "sine__maml__s1"]]
+                                   + [f"{r}/weights.parquet" for r in [*finished, "sine__maml__s1"]])
+    monkeypatch.undo()
+    for name, frame in before.items():
+        after = pd.read_parquet(study_dir / name)
+        expected = frame[frame["run"] != "sine__maml__s1"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(after, expected)
 
 
 def test_resume_after_interruption_counts_each_run_once(tmp_path):
