@@ -49,7 +49,7 @@ ALGORITHMS = {"maml": {"algorithm": "maml", "inner_steps": 1},
 def time_setting(family: str, algo: str, T: int, names: list[str], steps: int,
                  repeats: int, clock: str = "cpu") -> dict[str, float]:
     """Median ms per train step of every aggregator in ``names`` (interleaved rounds)."""
-    trainers = {n: Trainer.from_config(RunConfig(family=family, aggregator=n, meta_batch=T, steps=1,
+    trainers = {n: Trainer(RunConfig(family=family, aggregator=n, meta_batch=T, steps=1,
                                                  test_tasks=1, **ALGORITHMS[algo]), progress=False)
                 for n in names}
     fam = trainers[names[0]].family

@@ -24,6 +24,7 @@ import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import functional_call
@@ -250,3 +251,36 @@ def load_higher() -> types.ModuleType | None:
     import higher  # noqa: PLC0415
 
     return higher
+
+
+def load_libraries(names: tuple[str, ...], hint: str, require: bool = False) -> dict[str, Any]:
+    """The optional libraries of the comparison, by name: ``"learn2learn"`` (its MAML class, see
+    :func:`load_learn2learn_maml`) and ``"higher"`` (the module); None for one not installed.
+
+    Args:
+        names: Which libraries to load.
+        hint: How to install them, said in the warning for each one missing.
+        require: A missing library stops the benchmark (SystemExit) instead of a warning.
+    """
+    loaders = {"learn2learn": load_learn2learn_maml, "higher": load_higher}
+    loaded = {name: loaders[name]() for name in names}
+    for name, lib in loaded.items():
+        if lib is None:
+            msg = f"{name} is not installed: its columns stay empty ({hint})"
+            if require:
+                raise SystemExit(msg)
+            print("warning:", msg, file=sys.stderr)
+    return loaded
+
+
+def per_task_baselines(setting: Setting, model: torch.nn.Module, loss_fn: LossFn, alpha: float, beta: float,
+                       libraries: dict[str, Any]) -> list[Implementation]:
+    """The per-task implementations starting from ``model``: the plain loop, then (MAML only)
+    learn2learn and higher where ``libraries`` (from :func:`load_libraries`) has them."""
+    impls: list[Implementation] = [Loop(setting, model, loss_fn, alpha, beta)]
+    if setting.algorithm == "maml":
+        if libraries.get("learn2learn") is not None:
+            impls.append(Learn2learn(libraries["learn2learn"], setting, model, loss_fn, alpha, beta))
+        if libraries.get("higher") is not None:
+            impls.append(Higher(libraries["higher"], setting, model, loss_fn, alpha, beta))
+    return impls

@@ -39,9 +39,10 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
-from baselines import Implementation, Learn2learn, Loop, Setting, load_learn2learn_maml
+from baselines import Implementation, Setting, load_libraries, per_task_baselines
 from run import check_directions, peak_mib, sync
 
 from gabench.config import RunConfig
@@ -81,7 +82,7 @@ class GabenchConv4(Implementation):
             algorithm=setting.algorithm, first_order=setting.first_order, aggregator=setting.aggregator,
             alpha=ALPHA, beta=BETA, inner_steps=setting.inner_steps, meta_batch=setting.meta_batch,
             steps=1, test_tasks=1, seed=SEED, device=device)
-        self.trainer = Trainer.from_config(config, progress=False)
+        self.trainer = Trainer(config, progress=False)
         if self.trainer.learner.fast is not None:
             raise RuntimeError("Conv-4 was expected on the general vmap path")
 
@@ -124,16 +125,14 @@ def time_rates(impls: list[Implementation], batches: list[TaskBatch], device: to
     return rates
 
 
-def build(setting: Setting, root: Path, device: torch.device, l2l_maml: type | None) -> list[Implementation]:
+def build(setting: Setting, root: Path, device: torch.device,
+          libraries: dict[str, Any]) -> list[Implementation]:
     gab = GabenchConv4(setting, root, str(device))
     fam = gab.trainer.family
     model = fam.make_model(init_generator(SEED, fam.name)).to(device)
     for p, q in zip(model.parameters(), gab.trainer.model.parameters(), strict=True):
         assert torch.equal(p, q), "the baselines must start from gabench's initial model"
-    impls: list[Implementation] = [gab, Loop(setting, model, fam.loss, ALPHA, BETA)]
-    if l2l_maml is not None:
-        impls.append(Learn2learn(l2l_maml, setting, model, fam.loss, ALPHA, BETA))
-    return impls
+    return [gab, *per_task_baselines(setting, model, fam.loss, ALPHA, BETA, libraries)]
 
 
 def main() -> None:
@@ -150,17 +149,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    l2l_maml = load_learn2learn_maml()
-    if l2l_maml is None:
-        print("warning: learn2learn is not installed (python benchmarks/install_deps.py); its column "
-              "stays empty", file=sys.stderr)
+    libraries = load_libraries(("learn2learn",), "python benchmarks/install_deps.py installs it")
     with tempfile.TemporaryDirectory(prefix="gabench-conv4-") as tmp:
         os.environ[CACHE_ENV] = str(Path(tmp) / "cache")
         root = write_synthetic_omniglot(Path(tmp) / "omniglot", characters=40, images=20)
         rows = []
         for agg in args.aggregators.split(","):
             setting = Setting("maml", False, args.meta_batch, 1, agg)
-            impls = build(setting, root, device, l2l_maml)
+            impls = build(setting, root, device, libraries)
             fam = impls[0].trainer.family
             rng = task_rng(SEED, fam.name, "train")
             t0 = time.perf_counter()

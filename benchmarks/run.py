@@ -36,18 +36,10 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
-from baselines import (
-    Gabench,
-    Higher,
-    Implementation,
-    Learn2learn,
-    Loop,
-    Setting,
-    load_higher,
-    load_learn2learn_maml,
-)
+from baselines import Gabench, Implementation, Setting, load_libraries, per_task_baselines
 
 from gabench.aggregators import GradientAgreement, Mean
 from gabench.tasks import FAMILIES, init_generator, task_rng
@@ -203,21 +195,14 @@ def weighting_cost(impl: Gabench, batch, reps: int = 500) -> float:
     return best["ga"] - best["mean"]
 
 
-def build(setting: Setting, device: torch.device, l2l_maml, higher_mod) -> list[Implementation]:
+def build(setting: Setting, device: torch.device, libraries: dict[str, Any]) -> list[Implementation]:
     fam = FAMILIES["sine"]()
     model = fam.make_model(init_generator(SEED, "sine")).to(device)
-    alpha = fam.default_alpha
-    impls: list[Implementation] = [
+    return [
         Gabench(setting, str(device), BETA, SEED, fast_path=True),
         Gabench(setting, str(device), BETA, SEED, fast_path=False),
-        Loop(setting, model, fam.loss, alpha, BETA),
+        *per_task_baselines(setting, model, fam.loss, fam.default_alpha, BETA, libraries),
     ]
-    if setting.algorithm == "maml":
-        if l2l_maml is not None:
-            impls.append(Learn2learn(l2l_maml, setting, model, fam.loss, alpha, BETA))
-        if higher_mod is not None:
-            impls.append(Higher(higher_mod, setting, model, fam.loss, alpha, BETA))
-    return impls
 
 
 def end_to_end(args: argparse.Namespace) -> list[tuple[int, float, float]]:
@@ -235,8 +220,7 @@ def end_to_end(args: argparse.Namespace) -> list[tuple[int, float, float]]:
                 steps = 300 if fast else 100
                 cfg = Setting("maml", False, T, 1, "mean").config(args.device, BETA, SEED)
                 cfg.steps = steps
-                result = Trainer(cfg, progress=False, fast_path=fast,
-                                             num_threads=args.threads).fit()
+                result = Trainer(cfg, progress=False, fast_path=fast, num_threads=args.threads).fit()
                 rates[fast].append(steps / result.wall_seconds)
         out.append((T, statistics.median(rates[True]), statistics.median(rates[False])))
         print(f"  fit() T={T}: {out[-1][1]:.0f} it/s (general path {out[-1][2]:.0f})", file=sys.stderr)
@@ -245,13 +229,7 @@ def end_to_end(args: argparse.Namespace) -> list[tuple[int, float, float]]:
 
 def run(args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device)
-    l2l_maml, higher_mod = load_learn2learn_maml(), load_higher()
-    for name, mod in (("learn2learn", l2l_maml), ("higher", higher_mod)):
-        if mod is None:
-            msg = f"{name} is not installed: its columns stay empty (tox -e bench installs it)"
-            if args.require_libraries:
-                raise SystemExit(msg)
-            print("warning:", msg, file=sys.stderr)
+    libraries = load_libraries(("learn2learn", "higher"), "tox -e bench installs it", args.require_libraries)
     fam = FAMILIES["sine"]()
     rows: list[Row] = []
     for algorithm, first_order, T, steps in groups(args.quick):
@@ -260,7 +238,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         group_rows, impls = [], []
         for agg in ("mean", "ga"):
             setting = Setting(algorithm, first_order, T, steps, agg)
-            these = build(setting, device, l2l_maml, higher_mod)
+            these = build(setting, device, libraries)
             row = Row(setting)
             ref = next(i for i in these if i.name == "gabench-vmap")
             row.max_rel_err = check_directions(these, ref, batches[0], args.rtol)

@@ -65,7 +65,7 @@ def _measure(families: list[str], blocks: int, paper: bool) -> dict[str, dict[st
     out: dict[str, dict[str, object]] = {}
     for shown in families:
         family = shown if shown in FAMILIES else FORMER_NAMES.get(shown, shown)
-        trainer = Trainer.from_config(RunConfig(family=family), progress=False)
+        trainer = Trainer(RunConfig(family=family), progress=False)
         fam, T = trainer.family, trainer.meta_batch
         per_block = max(20, math.ceil((getattr(fam, "chunk_tasks", None) or 0) / T))
         rng = task_rng(0, family, "train")
@@ -93,7 +93,7 @@ def _measure(families: list[str], blocks: int, paper: bool) -> dict[str, dict[st
         if paper:
             method_ms = {}
             for name, params in methods.items():
-                tr = Trainer.from_config(RunConfig(family=family, **params), progress=False)
+                tr = Trainer(RunConfig(family=family, **params), progress=False)
                 tr.train_step(pool[0])
                 times = []
                 for _ in range(max(1, blocks // 2)):

@@ -70,7 +70,9 @@ def main() -> None:
             from mlflow import MlflowClient as tracking_client
         tracking_client(uri).search_experiments()  # creates the tables
         setup = time.perf_counter() - t0
-        Trainer.from_config(config, [MLflowTracker(uri, "warm-up")], progress=False).fit()
+        # older gabench (before the constructor took a RunConfig) builds it with Trainer.from_config
+        make_trainer = getattr(Trainer, "from_config", Trainer)
+        make_trainer(config, [MLflowTracker(uri, "warm-up")], progress=False).fit()
         variants = {"untracked": None, "tracked": {}, "tracked, no PNGs": {"plots": False}}
         if "plots" not in inspect.signature(MLflowTracker).parameters:  # older gabench
             del variants["tracked, no PNGs"]
@@ -85,7 +87,7 @@ def main() -> None:
                 kwargs = variants[name]
                 tracker = None if kwargs is None else TimedTracker(uri, "overhead", **kwargs)
                 t0, c0 = time.perf_counter(), time.process_time()
-                Trainer.from_config(config, [tracker] if tracker else [], progress=False).fit()
+                make_trainer(config, [tracker] if tracker else [], progress=False).fit()
                 wall[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
                 inside[name].append(tracker.seconds if tracker else 0.0)

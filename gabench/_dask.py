@@ -3,7 +3,7 @@
 The client (the machine where ``gabench compare`` runs) connects to a running ``dask scheduler``,
 submits one task per unfinished planned run and collects the tasks as they finish. Each task,
 :func:`train_on_worker`, trains the run exactly as ``gabench run`` would (the same
-:meth:`~gabench.trainer.Trainer.from_config`, the same labelling of the tables as a local
+:class:`~gabench.trainer.Trainer`, the same labelling of the tables as a local
 compare) and returns its tables to the client; workers write nothing, so they need no shared
 filesystem. The client writes each run directory atomically with the same writer as a local
 compare, one progress line per finished run, so resuming, the study table and ``failed.json``
@@ -107,6 +107,8 @@ class RunPayload:
 
 class RunCancelled(RuntimeError):
     """The run's task was cancelled (the client stopped or went away) while it trained."""
+
+    gabench_run_status = "KILLED"  # stopped, not broken: MLflow KILLED (tracking._mlflow.run_status)
 
 
 class _StopWhenCancelled(Callback):

@@ -25,6 +25,8 @@ class Terminated(KeyboardInterrupt):
     """Raised by the SIGTERM handler, so that a terminated process stops as an interrupted one:
     the work in flight is marked as failed or killed, and ``finally`` blocks run."""
 
+    gabench_run_status = "KILLED"  # its MLflow run is KILLED (gabench.tracking._mlflow.run_status)
+
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(f"signal {signum}")

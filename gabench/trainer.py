@@ -159,13 +159,6 @@ class Trainer:
         else:
             self.optimizer = torch.optim.SGD([self.flat_params], lr=self.beta)
 
-    @classmethod
-    def from_config(cls, config: RunConfig, callbacks: Sequence[Callback] = (),
-                    progress: bool | None = None, **kwargs: Any) -> Trainer:
-        """The same as ``Trainer(config, callbacks, progress, **kwargs)`` (kept for callers
-        written against the earlier API)."""
-        return cls(config, callbacks, progress, **kwargs)
-
     # ------------------------------------------------------------------ evaluation
     def _eval_batches(self, split: str, n_tasks: int) -> list[TaskBatch]:
         rng = task_rng(self.seed, self.family.name, split)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import textwrap
+
+from helpers import study_file
 
 from gabench.aggregators import AGGREGATORS, TORCHJD_AGGREGATORS
 from gabench.commands import main
@@ -35,8 +36,7 @@ def test_bad_aggregator_parameters_are_one_line_errors(tmp_path, capsys):
 
 
 def test_study_methods_set_aggregator_parameters(tmp_path):
-    path = tmp_path / "s.toml"
-    path.write_text(textwrap.dedent("""
+    path = study_file(tmp_path, """
         name = "s"
         seeds = 1
         [defaults]
@@ -46,7 +46,7 @@ def test_study_methods_set_aggregator_parameters(tmp_path):
         algorithm = "maml"
         aggregator = "ga-softmax"
         aggregator_params = { temperature = 0.3 }
-    """))
+    """, "s.toml")
     (run,) = load_study(path).runs
     assert run.config.aggregator_params == {"temperature": 0.3}
 

@@ -8,40 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import TINY_STUDY, alive, children, study_file
 
 from gabench._errors import ConfigError
 from gabench.commands import main
-from gabench.compare import run_study
+from gabench.compare import rebuild_table, run_study
 from gabench.study import load_study
 from gabench.trainer import Callback
-
-STUDY = """
-name = "tiny"
-seeds = 2
-[defaults]
-steps = 3
-meta_batch = 2
-test_tasks = 4
-eval_every = 0
-[families.sine]
-[methods.maml]
-algorithm = "maml"
-[methods."maml+ga"]
-algorithm = "maml"
-aggregator = "ga"
-"""
-
-
-def study_file(tmp_path: Path, text: str = STUDY) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def run_ids_in_table(study_dir: Path) -> pd.Series:
@@ -75,6 +53,34 @@ def test_compare_runs_the_plan_and_builds_one_table(tmp_path, capsys):
     assert "[4/4]" in text.err and "ETA" in text.err and "4/4 runs finished" in text.out
 
 
+def test_rebuilding_the_table_reads_each_run_table_once_and_gives_the_same_table(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    path = study_file(tmp_path)
+    study = load_study(path)
+    run_study(study, tmp_path / "runs")
+    study_dir = tmp_path / "runs" / "tiny"
+    before = {name: pd.read_parquet(study_dir / name) for name in ("results.parquet", "weights.parquet")}
+    (study_dir / "sine__maml__s1" / "weights.parquet").write_bytes(b"PAR1 cut short")  # not finished
+    reads: list[str] = []
+    read_table = pq.read_table
+
+    def counting(source, *args, **kwargs):
+        reads.append(str(Path(source).relative_to(study_dir)))
+        return read_table(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", counting)
+    assert rebuild_table(study, study_dir) == 3
+    finished = ["sine__maml__s0", "sine__maml+ga__s0", "sine__maml+ga__s1"]
+    assert sorted(reads) == sorted([f"{r}/results.parquet" for r in [*finished, "sine__maml__s1"]]
+                                   + [f"{r}/weights.parquet" for r in [*finished, "sine__maml__s1"]])
+    monkeypatch.undo()
+    for name, frame in before.items():
+        after = pd.read_parquet(study_dir / name)
+        expected = frame[frame["run"] != "sine__maml__s1"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(after, expected)
+
+
 def test_resume_after_interruption_counts_each_run_once(tmp_path):
     study = load_study(study_file(tmp_path))
     first = run_study(study, tmp_path / "runs")
@@ -103,7 +109,7 @@ def test_resume_after_interruption_counts_each_run_once(tmp_path):
 
 @pytest.mark.integration
 def test_kill_9_then_resume(tmp_path):
-    text = STUDY.replace("steps = 3", "steps = 150")
+    text = TINY_STUDY.replace("steps = 3", "steps = 150")
     path = study_file(tmp_path, text)
     out = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,7 +137,7 @@ def test_changed_configuration_is_an_error_unless_redone(tmp_path, capsys):
     path = study_file(tmp_path)
     out = tmp_path / "runs"
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
-    path.write_text(textwrap.dedent(STUDY).replace("[methods.maml]\n", "[methods.maml]\nbeta = 0.01\n"))
+    study_file(tmp_path, TINY_STUDY.replace("[methods.maml]\n", "[methods.maml]\nbeta = 0.01\n"))
     capsys.readouterr()
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 2
     err = capsys.readouterr().err.strip()
@@ -179,7 +185,7 @@ def test_callbacks_for_hook_reaches_every_run(tmp_path):
 
 @pytest.mark.integration
 def test_workers_run_in_separate_processes(tmp_path):
-    study = load_study(study_file(tmp_path, STUDY.replace("seeds = 2", "seeds = 1")))
+    study = load_study(study_file(tmp_path, TINY_STUDY.replace("seeds = 2", "seeds = 1")))
     result = run_study(study, tmp_path / "runs", workers=2)
     assert (result.ran, result.finished) == (2, 2)
     serial = run_study(study, tmp_path / "serial")
@@ -194,7 +200,7 @@ def test_workers_run_in_separate_processes(tmp_path):
 def test_compare_tracks_every_run_in_mlflow_from_two_workers(tmp_path, capsys):
     from mlflow import MlflowClient
 
-    path = study_file(tmp_path, STUDY.replace("seeds = 2", "seeds = 1"))
+    path = study_file(tmp_path, TINY_STUDY.replace("seeds = 2", "seeds = 1"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--workers", "2",
                  "--tracking-uri", uri]) == 0
@@ -212,26 +218,6 @@ def test_compare_tracks_every_run_in_mlflow_from_two_workers(tmp_path, capsys):
         assert len(client.get_metric_history(r.info.run_id, "train/query_loss")) == 3
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_killed(tmp_path):
@@ -239,7 +225,7 @@ def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_kill
 
     # runs that last seconds, so that some are in progress when SIGTERM comes (the resume
     # below reruns those: more steps would only make it longer)
-    path = study_file(tmp_path, STUDY.replace("steps = 3", "steps = 1000"))
+    path = study_file(tmp_path, TINY_STUDY.replace("steps = 3", "steps = 1000"))
     out = tmp_path / "runs"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -256,16 +242,16 @@ def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_kill
         if exp is not None and len(client.search_runs([exp.experiment_id])) >= 2:
             break
         time.sleep(0.2)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert workers, "no worker processes found"
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 143, err
     assert "terminated; finished runs are kept" in err
     deadline = time.time() + 30
-    while any(_alive(p) for p in workers) and time.time() < deadline:
+    while any(alive(p) for p in workers) and time.time() < deadline:
         time.sleep(0.2)
-    assert not [p for p in workers if _alive(p)], "worker processes outlived the terminated compare"
+    assert not [p for p in workers if alive(p)], "worker processes outlived the terminated compare"
     runs = client.search_runs([exp.experiment_id])
     statuses = sorted(r.info.status for r in runs)
     assert statuses.count("KILLED") >= 1 and "RUNNING" not in statuses, statuses

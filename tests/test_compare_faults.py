@@ -9,13 +9,13 @@ import os
 import pickle
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_compare import STUDY, run_ids_in_table, study_file
+from helpers import TINY_STUDY, alive, children, study_file
+from test_compare import run_ids_in_table
 
 from gabench._errors import ConfigError
 from gabench.commands import main
@@ -86,18 +86,9 @@ def test_a_run_whose_tables_do_not_read_back_is_not_finished(tmp_path, victim, c
     pd.read_parquet(table)  # rewritten whole
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
-
-
 @pytest.mark.integration
 def test_kill_9_of_compare_takes_its_workers_with_it(tmp_path):
-    text = STUDY.replace("steps = 3", "steps = 3000").replace("seeds = 2", "seeds = 4")
+    text = TINY_STUDY.replace("steps = 3", "steps = 3000").replace("seeds = 2", "seeds = 4")
     path = study_file(tmp_path, text)
     proc = subprocess.Popen([sys.executable, "-m", "gabench", "compare", str(path), "--workers", "2",
                              "--out-root", str(tmp_path / "runs"), "--no-tracking"],
@@ -105,20 +96,19 @@ def test_kill_9_of_compare_takes_its_workers_with_it(tmp_path):
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while time.monotonic() < deadline and len(workers) < 2:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True)
-        workers = [int(x) for x in out.stdout.split()]
+        workers = children(proc.pid)
         time.sleep(0.2)
     assert len(workers) >= 2, "the pool did not start"
     time.sleep(2)  # the workers are training
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+    while time.monotonic() < deadline and any(alive(w) for w in workers):
         time.sleep(0.2)
-    assert not [w for w in workers if _alive(w)], "workers outlived their killed parent"
+    assert not [w for w in workers if alive(w)], "workers outlived their killed parent"
     # an immediate rerun finishes the study: nothing left half-written or held by an orphan
     short = text.replace("steps = 3000", "steps = 3")
-    path.write_text(textwrap.dedent(short))
+    study_file(tmp_path, short)
     assert main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--no-tracking",
                  "--redo-changed"]) == 0
 

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import urllib.request
@@ -28,6 +27,7 @@ import cloudpickle
 import pandas as pd
 import pytest
 from distributed import Client
+from helpers import study_file
 
 from gabench._dask import (
     RunPayload,
@@ -77,9 +77,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def load(tmp_path: Path, text: str = STUDY) -> Study:
-    path = tmp_path / "study.toml"
-    path.write_text(textwrap.dedent(text))
-    return load_study(path)
+    return load_study(study_file(tmp_path, text, "study.toml"))
 
 
 def longer(study: Study, steps: int) -> list[PlannedRun]:

@@ -256,7 +256,7 @@ def test_examples_run_together(examples):
 
     config = RunConfig(family="lines", algorithm="pretrain", aggregator="soft-agreement", steps=30,
                        meta_batch=5, eval_every=15, val_tasks=20, test_tasks=40)
-    result = Trainer.from_config(config, progress=False).fit()
+    result = Trainer(config, progress=False).fit()
     assert math.isfinite(result.test["loss_post"].mean)
     w = result.weights
     assert (w.weight > 0).all()

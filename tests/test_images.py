@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def train(config: RunConfig) -> RunResult:
     """Meta-train and meta-test one configuration (the one place that builds a trainer here)."""
-    return Trainer.from_config(config, progress=False).fit()
+    return Trainer(config, progress=False).fit()
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_sampling_is_a_small_share_of_a_meta_iteration(omniglot):
     CPU; T=8 instead of 32 to keep the test short: both costs grow linearly with T)."""
     config = RunConfig(family="omniglot", family_params={"root": str(omniglot), "query_shots": 1},
                        meta_batch=8, alpha=0.4, steps=1)
-    trainer = Trainer.from_config(config, progress=False)
+    trainer = Trainer(config, progress=False)
     rng = task_rng(0, "omniglot", "train")
     sample_s, step_s = [], []
     for _ in range(3):

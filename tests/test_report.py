@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import study_file
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
@@ -313,8 +313,7 @@ aggregator = "ga"
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    path = root / "tiny.toml"
-    path.write_text(textwrap.dedent(TINY))
+    path = study_file(root, TINY)
     run_study(load_study(path), root / "runs")
     return root
 

@@ -4,7 +4,8 @@ the family parameters the runs resolved (defaults included), which ``study.json`
 from __future__ import annotations
 
 import json
-import textwrap
+
+from helpers import study_file
 
 from gabench.commands import main
 from gabench.compare._schedule import task_shape
@@ -31,8 +32,7 @@ aggregator = "ga"
 
 
 def test_the_hyperparameter_table_shows_the_resolved_task_shape(tmp_path):
-    path = tmp_path / "shapes.toml"
-    path.write_text(textwrap.dedent(STUDY))
+    path = study_file(tmp_path, STUDY, "shapes.toml")
     study = load_study(path)
     digits = next(r for r in study.runs if r.family_label == "digits-3w")
     # before the run: the family's defaults (query_shots 15) under the study file's parameters

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import textwrap
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from helpers import study_file
 
 from gabench.commands import main
 from gabench.reporting.tuning_section import (
@@ -58,8 +58,8 @@ STRIP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC|Source: `[^`]*`|```bash\n[^`]
 def tuned(tmp_path_factory):
     """A tiny tuned study, tuned and compared; its untuned counterpart compared and reported."""
     root = tmp_path_factory.mktemp("tuned")
-    (root / "tt.toml").write_text(textwrap.dedent(TUNED))
-    (root / "tt-untuned.toml").write_text(textwrap.dedent(UNTUNED))
+    study_file(root, TUNED, "tt.toml")
+    study_file(root, UNTUNED, "tt-untuned.toml")
     runs, reports = root / "runs", root / "reports"
     assert main(["tune", "--study", str(root / "tt.toml"), "--no-tracking",
                  "--out", str(root / "tuning")]) == 0

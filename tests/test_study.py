@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
+from helpers import study_file
 
 from gabench.commands import main
 from gabench.study import StudyError, Tuned, load_study
@@ -25,9 +24,7 @@ aggregator = "ga"
 
 
 def write(tmp_path, text: str, name: str = "s.toml"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
+    return study_file(tmp_path, text, name)
 
 
 def test_plan_expands_seeds_families_settings_methods(tmp_path):

@@ -3,9 +3,8 @@ wrote outside the output directories, even with --plan)."""
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
+from helpers import study_file
 
 from gabench.commands import main
 
@@ -25,8 +24,7 @@ tuned = {{ storage = "{storage}", study = "{{family}}__{{method}}" }}
 def test_a_missing_tuned_storage_is_an_error_and_nothing_is_created(tmp_path, capsys, kind):
     target = tmp_path / "some" / "new" / "dir" / ("x.journal" if kind == "journal" else "x.db")
     storage = f"journal:{target}" if kind == "journal" else f"sqlite:///{target}"
-    path = tmp_path / "s.toml"
-    path.write_text(textwrap.dedent(STUDY.format(storage=storage)))
+    path = study_file(tmp_path, STUDY.format(storage=storage), "s.toml")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert main(["compare", str(path), "--plan", "--out-root", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -4,10 +4,10 @@ take the best trial only once every cell holds its budget."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import optuna
 import pytest
+from helpers import study_file
 
 from gabench.commands import main
 from gabench.study import StudyError, Tuned, best_params, load_study
@@ -39,9 +39,7 @@ aggregator = "ga"
 
 
 def write(tmp_path, text: str = TUNED, name: str = "tt.toml"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
+    return study_file(tmp_path, text, name)
 
 
 def test_tuning_tasks_one_per_cell_with_the_tuning_seed_and_family_ranges(tmp_path):

@@ -17,12 +17,15 @@ import pandas as pd
 import pytest
 from test_tracking import FAST, assert_same_line, free_port, mlflow_server  # noqa: F401 - a fixture
 
+from gabench import _dask
+from gabench._processes import Terminated
 from gabench._redact import redact, scrub, secrets_of
 from gabench.commands import main
 from gabench.config import RunConfig
 from gabench.tasks import FAMILIES
 from gabench.tracking import MLflowTracker, check_tracking_uri, tracking_client
-from gabench.trainer import Trainer
+from gabench.tracking._mlflow import run_status
+from gabench.trainer import DivergedError, Trainer
 
 # every test here starts processes or servers (real Dask/MLflow/SQLite peers)
 pytestmark = pytest.mark.integration
@@ -196,7 +199,7 @@ def test_training_curves_are_window_means_of_the_per_step_record(tmp_path, strid
     config = RunConfig(family="linear-binary", aggregator="ga", steps=10, meta_batch=4,
                        outlier_fraction=0.25, eval_every=4, val_tasks=4, test_tasks=4)
     tracker = MLflowTracker(uri, "windows", log_stride=stride)
-    trainer = Trainer.from_config(config, [tracker], progress=False)
+    trainer = Trainer(config, [tracker], progress=False)
     trainer.log_every = 3  # flushes that do not line up with the windows
     result = trainer.fit()
     client = tracking_client(uri)
@@ -220,7 +223,7 @@ def test_constant_curves_cost_two_points(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = RunConfig(family="sine", steps=12, meta_batch=4, test_tasks=4)
     tracker = MLflowTracker(uri, "constant", log_stride=2)
-    trainer = Trainer.from_config(config, [tracker], progress=False)
+    trainer = Trainer(config, [tracker], progress=False)
     trainer.log_every = 5
     result = trainer.fit()
     client = tracking_client(uri)
@@ -240,11 +243,34 @@ def test_default_stride_bounds_the_points_per_curve(tmp_path):
     steps = 2 * MAX_TRAIN_POINTS + 5
     config = RunConfig(family="linear-binary", steps=steps, meta_batch=2, test_tasks=2)
     tracker = MLflowTracker(uri, "stride")
-    Trainer.from_config(config, [tracker], progress=False).fit()
+    Trainer(config, [tracker], progress=False).fit()
     history = tracking_client(uri).get_metric_history(tracker.run_id, "train/query_loss")
     assert tracker.stride == 3
     assert len(history) == -(-steps // 3) <= MAX_TRAIN_POINTS
     assert max(m.step for m in history) == steps
+
+
+class TrialPruned(Exception):
+    """Not Optuna's: a run it ends failed (the status follows the class, not its name)."""
+
+
+class RunCancelled(RuntimeError):
+    """Not gabench's."""
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    (KeyboardInterrupt(), "KILLED"),
+    (SystemExit(1), "KILLED"),
+    (Terminated("signal 15"), "KILLED"),
+    (_dask.RunCancelled("task x was cancelled"), "KILLED"),
+    (optuna.TrialPruned("diverged"), "KILLED"),
+    (RuntimeError("boom"), "FAILED"),
+    (DivergedError(3, "query_loss", float("nan")), "FAILED"),
+    (TrialPruned("same name"), "FAILED"),
+    (RunCancelled("same name"), "FAILED"),
+])
+def test_run_status_of_a_stopped_run_is_killed_and_of_a_broken_one_failed(exc, status):
+    assert run_status(exc) == status
 
 
 def test_on_fail_marks_the_run_killed_or_failed(tmp_path):
@@ -264,7 +290,7 @@ def test_on_fail_marks_the_run_killed_or_failed(tmp_path):
         config = RunConfig(family="linear-binary", steps=4, eval_every=2, meta_batch=2,
                            val_tasks=2, test_tasks=2)
         with pytest.raises(Stop):
-            Trainer.from_config(config, [tracker], progress=False).fit()
+            Trainer(config, [tracker], progress=False).fit()
         tracker.on_fail(exc_type("stopped at 2"))
         run = tracking_client(uri).get_run(tracker.run_id)
         assert run.info.status == status

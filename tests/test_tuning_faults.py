@@ -3,7 +3,6 @@ terminated or killed tuner leaves no trial RUNNING for ever and no orphaned work
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import alive, children
 
 from gabench.config import RunConfig
 from gabench.tuning import (
@@ -153,20 +153,6 @@ def test_the_objective_is_named_in_the_study(tmp_path):
     assert study.metric_names == ["val loss_post"]
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
-
-
 def _wait_for_running(storage: str, name: str, n: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -193,12 +179,12 @@ def test_sigterm_stops_the_workers_and_marks_their_trials_failed(tmp_path, kind)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     _wait_for_running(storage, "t", 2)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0, out
     time.sleep(1)
-    assert not [w for w in workers if _alive(w)], out
+    assert not [w for w in workers if alive(w)], out
     study = load(storage, "t")
     assert "RUNNING" not in [t.state.name for t in study.trials], out
     # a rerun meets the budget: the failed trials are redone, nothing stays RUNNING
@@ -216,13 +202,13 @@ def test_kill_9_of_the_parent_takes_the_workers_with_it(tmp_path):
            "--study-name", "k", "--trials", "6", "--workers", "2", "--out", str(tmp_path / "o")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_running(storage, "k", 2)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert workers
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+    while time.monotonic() < deadline and any(alive(w) for w in workers):
         time.sleep(0.2)
-    assert not [w for w in workers if _alive(w)]
+    assert not [w for w in workers if alive(w)]
     # the workers marked their trials FAIL on the way out (SIGTERM from the parent's death)
     assert "RUNNING" not in [t.state.name for t in load(storage, "k").trials]

@@ -292,14 +292,14 @@ def test_outer_gradients_equal_closed_form_on_a_linear_model(second_order):
 def test_runs_with_outer_gradient_aggregators_and_nan_weights():
     cfg = dict(family="sine", algorithm="maml", inner_steps=1, steps=6, meta_batch=4, eval_every=3,
                val_tasks=4, test_tasks=4)
-    res = Trainer.from_config(RunConfig(aggregator="config", **cfg), progress=False).fit()
+    res = Trainer(RunConfig(aggregator="config", **cfg), progress=False).fit()
     assert res.weights.weight.isna().all()
     train = res.results[res.results.split == "train"]
     assert train[train.metric == "w_eff_n"].value.isna().all()
     assert np.isfinite(train[train.metric == "query_loss"].value).all()
     assert np.isfinite(res.test["loss_post"].mean)
-    a = Trainer.from_config(RunConfig(aggregator="pcgrad", **cfg), progress=False).fit()
-    b = Trainer.from_config(RunConfig(aggregator="pcgrad", **cfg), progress=False).fit()
+    a = Trainer(RunConfig(aggregator="pcgrad", **cfg), progress=False).fit()
+    b = Trainer(RunConfig(aggregator="pcgrad", **cfg), progress=False).fit()
     drop = lambda df: df[df.metric != "wall_seconds"].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(drop(a.results), drop(b.results))
     pd.testing.assert_frame_equal(a.weights, b.weights)

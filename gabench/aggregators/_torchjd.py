@@ -15,7 +15,6 @@ References:
 from __future__ import annotations
 
 import contextlib
-from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -26,13 +25,20 @@ from gabench.aggregators._base import OUTER_GRADIENTS, Aggregator, _check_matrix
 
 
 class TorchJDAggregator(Aggregator):
-    """Base of the TorchJD adapters: builds the TorchJD object, applies it to ``J``.
+    """The generic TorchJD adapter: builds the TorchJD object, applies it to ``J``.
 
-    Subclasses implement :meth:`_build` (the ``torchjd.aggregation.Aggregator``) and take their
-    parameters as keyword arguments.
+    An adapter is declared by :attr:`torchjd_class` (the name of the
+    ``torchjd.aggregation.Aggregator`` class) and :attr:`torchjd_params` (which of its own
+    attributes are passed to that class as keyword arguments). It takes its parameters as keyword
+    arguments of ``__init__``, with literal defaults (``gabench list`` reads them from the source),
+    checks them, sets them as attributes of the same names and then calls this ``__init__``.
     """
 
     matrix = OUTER_GRADIENTS
+    #: Name of the ``torchjd.aggregation`` class that the adapter applies.
+    torchjd_class: ClassVar[str]
+    #: The adapter's attributes passed to :attr:`torchjd_class` as keyword arguments.
+    torchjd_params: ClassVar[tuple[str, ...]] = ()
     #: Whether TorchJD's method draws from torch's global generator (it is then run on a forked
     #: global state, seeded from the aggregator's own generator, so that runs are reproducible
     #: and the caller's random state is left alone).
@@ -41,9 +47,12 @@ class TorchJDAggregator(Aggregator):
     def __init__(self) -> None:
         self._jd = self._build()
 
-    @abstractmethod
     def _build(self) -> Any:
-        """The ``torchjd.aggregation.Aggregator`` instance."""
+        """The ``torchjd.aggregation.Aggregator`` instance (TorchJD loads on first use)."""
+        import torchjd.aggregation  # noqa: PLC0415
+
+        jd_class = getattr(torchjd.aggregation, self.torchjd_class)
+        return jd_class(**{param: getattr(self, param) for param in self.torchjd_params})
 
     @contextlib.contextmanager
     def _rng(self) -> Iterator[None]:
@@ -100,13 +109,9 @@ class UPGradAggregator(TorchJDAggregator):
         V. Quinton, V. Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv:2406.16232.
     """
 
+    torchjd_class = "UPGrad"
     name = "upgrad"
     description = "TorchJD UPGrad: mean of the rows projected onto the dual cone (outer gradients)"
-
-    def _build(self) -> Any:
-        from torchjd.aggregation import UPGrad  # noqa: PLC0415 - TorchJD loads on first use
-
-        return UPGrad()
 
 
 class PCGradAggregator(_SeededGlobalRNG):
@@ -121,14 +126,10 @@ class PCGradAggregator(_SeededGlobalRNG):
         T. Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
     """
 
+    torchjd_class = "PCGrad"
     name = "pcgrad"
     description = "TorchJD PCGrad: sum of rows with conflicting components projected away (outer gradients)"
     param_help = {"seed": "seed of the random projection orders"}
-
-    def _build(self) -> Any:
-        from torchjd.aggregation import PCGrad  # noqa: PLC0415
-
-        return PCGrad()
 
 
 class MGDAAggregator(TorchJDAggregator):
@@ -144,6 +145,8 @@ class MGDAAggregator(TorchJDAggregator):
         Optimization", NeurIPS 2018.
     """
 
+    torchjd_class = "MGDA"
+    torchjd_params = ("epsilon", "max_iters")
     name = "mgda"
     description = "TorchJD MGDA: minimum-norm convex combination of the rows (outer gradients)"
     param_help = {"epsilon": "stopping tolerance of Frank-Wolfe", "max_iters": "iteration cap"}
@@ -152,11 +155,6 @@ class MGDAAggregator(TorchJDAggregator):
         self.epsilon = check_positive("epsilon", epsilon)
         self.max_iters = check_int("max_iters", max_iters)
         super().__init__()
-
-    def _build(self) -> Any:
-        from torchjd.aggregation import MGDA  # noqa: PLC0415
-
-        return MGDA(epsilon=self.epsilon, max_iters=self.max_iters)
 
 
 class CAGradAggregator(TorchJDAggregator):
@@ -171,6 +169,8 @@ class CAGradAggregator(TorchJDAggregator):
         B. Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021.
     """
 
+    torchjd_class = "CAGrad"
+    torchjd_params = ("c", "norm_eps")
     name = "cagrad"
     description = "TorchJD CAGrad: best worst-task gain in a ball c|g_0| around the mean (default c=0.5)"
     param_help = {"c": "radius scale of the ball around the mean gradient, >= 0",
@@ -181,11 +181,6 @@ class CAGradAggregator(TorchJDAggregator):
         self.norm_eps = check_positive("norm_eps", norm_eps, allow_zero=True)
         super().__init__()
 
-    def _build(self) -> Any:
-        from torchjd.aggregation import CAGrad  # noqa: PLC0415
-
-        return CAGrad(c=self.c, norm_eps=self.norm_eps)
-
 
 class IMTLGAggregator(TorchJDAggregator):
     """IMTL-G: the combination of the rows whose projections onto every row's direction are equal.
@@ -194,13 +189,9 @@ class IMTLGAggregator(TorchJDAggregator):
         L. Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021.
     """
 
+    torchjd_class = "IMTLG"
     name = "imtl-g"
     description = "TorchJD IMTL-G: equal projection on every task's unit gradient (outer gradients)"
-
-    def _build(self) -> Any:
-        from torchjd.aggregation import IMTLG  # noqa: PLC0415
-
-        return IMTLG()
 
 
 class AlignedMTLAggregator(TorchJDAggregator):
@@ -214,6 +205,8 @@ class AlignedMTLAggregator(TorchJDAggregator):
         D. Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR 2023.
     """
 
+    torchjd_class = "AlignedMTL"
+    torchjd_params = ("scale_mode",)
     name = "aligned-mtl"
     description = "TorchJD Aligned-MTL: mean of the rows after equalising the Gramian's eigenvalues"
     param_help = {"scale_mode": "min, median or rmse"}
@@ -221,11 +214,6 @@ class AlignedMTLAggregator(TorchJDAggregator):
     def __init__(self, scale_mode: str = "min") -> None:
         self.scale_mode = check_choice("scale_mode", scale_mode, ("min", "median", "rmse"))
         super().__init__()
-
-    def _build(self) -> Any:
-        from torchjd.aggregation import AlignedMTL  # noqa: PLC0415
-
-        return AlignedMTL(scale_mode=self.scale_mode)  # type: ignore[arg-type]
 
 
 class DualProjAggregator(TorchJDAggregator):
@@ -235,13 +223,9 @@ class DualProjAggregator(TorchJDAggregator):
         V. Quinton, V. Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv:2406.16232.
     """
 
+    torchjd_class = "DualProj"
     name = "dualproj"
     description = "TorchJD DualProj: mean of the rows, projected onto their dual cone (outer gradients)"
-
-    def _build(self) -> Any:
-        from torchjd.aggregation import DualProj  # noqa: PLC0415
-
-        return DualProj()
 
 
 class ConFIGAggregator(TorchJDAggregator):
@@ -253,13 +237,9 @@ class ConFIGAggregator(TorchJDAggregator):
         Networks", ICLR 2025.
     """
 
+    torchjd_class = "ConFIG"
     name = "config"
     description = "TorchJD ConFIG: equal-angle conflict-free direction (outer gradients; no weights: NaN)"
-
-    def _build(self) -> Any:
-        from torchjd.aggregation import ConFIG  # noqa: PLC0415
-
-        return ConFIG()
 
 
 #: The TorchJD adapters, in the order ``gabench list`` shows them.

@@ -7,7 +7,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ IGNORED_FIELDS: tuple[str, ...] = ("device", "eval_batch")
 
 
 RUN_FILES = ("config.json", "results.parquet", "weights.parquet")
+#: The run's tables, in the order :func:`_check_run` returns them.
+RUN_TABLES = ("results.parquet", "weights.parquet")
 
 
 def run_state(path: Path, config: RunConfig) -> str:
@@ -34,25 +36,34 @@ def run_state(path: Path, config: RunConfig) -> str:
     A run is finished only when all its files read back: a truncated or corrupt table (a disk
     that filled up, a copy cut short) makes it ``"missing"``, so it is redone, never counted.
     """
-    if not all((path / name).is_file() for name in RUN_FILES) or not tables_read_back(path):
-        return "missing"
+    import pyarrow.parquet as pq
+
+    return _check_run(path, config, pq.read_table)[0]
+
+
+def _read_tables(path: Path, read: Callable[[Path], Any]) -> tuple[Any, ...] | None:
+    """The run's tables (:data:`RUN_TABLES`) as ``read`` returns them, or None when one does not
+    read back completely (every row group must decode)."""
+    try:
+        return tuple(read(path / name) for name in RUN_TABLES)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError; ArrowIOError an OSError
+        return None
+
+
+def _check_run(path: Path, config: RunConfig,
+               read: Callable[[Path], Any]) -> tuple[str, tuple[Any, ...] | None]:
+    """:func:`run_state` of the run in ``path``, and its tables read by ``read`` (None unless the
+    run is finished or changed), so that a caller who needs the tables reads each file once."""
+    if not all((path / name).is_file() for name in RUN_FILES):
+        return "missing", None
+    tables = _read_tables(path, read)
+    if tables is None:
+        return "missing", None
     try:
         recorded = read_config(path)
     except (OSError, ValueError, KeyError, TypeError):
-        return "missing"
-    return "finished" if not config_diff(recorded, config) else "changed"
-
-
-def tables_read_back(path: Path) -> bool:
-    """Whether the run's parquet tables read back completely (every row group decodes)."""
-    import pyarrow.parquet as pq
-
-    try:
-        for name in ("results.parquet", "weights.parquet"):
-            pq.read_table(path / name)
-    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError; ArrowIOError an OSError
-        return False
-    return True
+        return "missing", None
+    return ("finished" if not config_diff(recorded, config) else "changed"), tables
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -107,11 +118,11 @@ def rebuild_table(study: Study, study_dir: Path) -> int:
     """
     results, weights = [], []
     for run in study.runs:
-        path = study_dir / run.run_id
-        if run_state(path, run.config) != "finished":
+        state, tables = _check_run(study_dir / run.run_id, run.config, pd.read_parquet)
+        if state != "finished" or tables is None:
             continue
-        results.append(pd.read_parquet(path / "results.parquet"))
-        weights.append(pd.read_parquet(path / "weights.parquet"))
+        results.append(tables[0])
+        weights.append(tables[1])
     columns = [*RESULT_COLUMNS, *STUDY_COLUMNS]
     res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=columns)
     wts = pd.concat(weights, ignore_index=True) if weights else pd.DataFrame(columns=list(WEIGHT_COLUMNS))

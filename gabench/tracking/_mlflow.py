@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from gabench.trainer import Trainer
 
 __all__ = ["MLflowTracker", "experiment_id", "family_params", "flatten", "learning_curve_png",
-           "run_display_name", "task_weights_png", "git_commit"]
+           "run_display_name", "run_status", "task_weights_png", "git_commit"]
 
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 #: At most this many points per ``train/`` curve: longer runs log means over windows of
@@ -304,10 +305,8 @@ class MLflowTracker(Callback):
 
     def on_fail(self, exc: BaseException) -> None:
         """The trainer's failure hook: KILLED when the run was stopped (Ctrl-C, SIGTERM, an Optuna
-        prune, a cancelled Dask task), FAILED otherwise."""
-        stopped = (isinstance(exc, KeyboardInterrupt | SystemExit)
-                   or type(exc).__name__ in ("TrialPruned", "RunCancelled"))
-        self.fail(f"{type(exc).__name__}: {exc}", "KILLED" if stopped else "FAILED")
+        prune, a cancelled Dask task), FAILED otherwise (see :func:`run_status`)."""
+        self.fail(f"{type(exc).__name__}: {exc}", run_status(exc))
 
     def fail(self, reason: str, status: str = "FAILED") -> None:
         """Mark the run as ended without success (FAILED or KILLED), with the reason as a tag
@@ -321,6 +320,23 @@ class MLflowTracker(Callback):
             self._outbox = []
         self.client.set_tag(self.run_id, "failure_reason", scrub(reason, self.tracking_uri)[:5000])
         set_terminated(self.client, self.run_id, status, self.tracking_uri)
+
+
+def run_status(exc: BaseException) -> str:
+    """The MLflow status of a run that ``exc`` ended.
+
+    KILLED when the run was stopped rather than broken: Ctrl-C or SIGTERM (``KeyboardInterrupt``,
+    ``SystemExit``), an Optuna prune (``optuna.TrialPruned``) or a gabench exception whose class
+    sets ``gabench_run_status = "KILLED"`` (a cancelled Dask task); FAILED otherwise.
+    """
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return "KILLED"
+    if getattr(exc, "gabench_run_status", None) == "KILLED":
+        return "KILLED"
+    optuna = sys.modules.get("optuna")  # a TrialPruned means optuna is imported: never import it here
+    if optuna is not None and isinstance(exc, optuna.TrialPruned):
+        return "KILLED"
+    return "FAILED"
 
 
 def _write_csv(table: Any, path: Path) -> None:
