@@ -251,23 +251,33 @@ def test_tuned_vs_untuned_marks_the_changed_cells():
 def test_the_section_says_where_the_conclusion_changed(tuned, tmp_path):
     reports = tmp_path / "reports"
     shutil.copytree(tuned / "reports" / "tt-untuned", reports / "tt-untuned")
+    args = ["report", "tt", "--runs-root", str(tuned / "runs"), "--reports-root", str(reports),
+            "--untuned", str(reports / "tt-untuned")]
+    assert main(args) == 0  # the tuned report's own verdicts (2 seeds: a paired t may still call)
+    mine = pd.read_csv(reports / "tt" / "comparisons.csv")
+    key = ["metric", "cell", "method"]
+    mine = mine[(mine["select"] == "best_val") & mine["metric"].isin(["loss_post", "acc_post"])]
     csv = reports / "tt-untuned" / "comparisons.csv"
     comp = pd.read_csv(csv)
     primary = comp[(comp["select"] == "best_val") & comp["metric"].isin(["loss_post", "acc_post"])]
-    assert (primary["verdict"] == "unresolved").all()  # 2 seeds: no call is possible
+    # hand-made: the untuned report agrees with the tuned one everywhere but in its first cell
+    verdicts = primary[key].merge(mine[key + ["verdict"]], on=key, how="left")["verdict"]
+    assert verdicts.notna().all()
+    comp.loc[primary.index, "verdict"] = verdicts.to_numpy()
     first = primary.index[0]
-    comp.loc[first, "verdict"] = "worse"  # hand-made: the untuned report called this cell worse
-    comp["n_seeds"] = 5                   # ... with more seeds
+    was = comp.loc[first, "verdict"]
+    comp.loc[first, "verdict"] = "unresolved" if was != "unresolved" else "worse"
+    comp["n_seeds"] = 5  # ... with more seeds
     comp.to_csv(csv, index=False)
-    assert main(["report", "tt", "--runs-root", str(tuned / "runs"), "--reports-root", str(reports),
-                 "--untuned", str(reports / "tt-untuned")]) == 0
+    assert main(args) == 0
     sec = _section((reports / "tt" / "README.md").read_text(), "Tuned vs untuned")
     row = comp.loc[first]
     n = len(primary)
+    change = f"{row['verdict']} -> {was}"
     assert f"The conclusion changed in 1 of {n} comparisons" in sec
     assert "The untuned report paired 5 seeds per cell, this one 2" in sec
-    assert f"worse -> unresolved in 1 (`{row['method']}` on {row['cell']}, `{row['metric']}`)" in sec
-    assert sec.count("**worse -> unresolved**") == 1
+    assert f"{change} in 1 (`{row['method']}` on {row['cell']}, `{row['metric']}`)" in sec
+    assert sec.count(f"**{change}**") == 1
     means = sec.split("### Each method's meta-test mean")[1]
     assert len(re.findall(r"^\| (sine|linear-binary) \| `maml(\+ga)?` \|", means, re.M)) == 4
     assert " -> " in means
