@@ -135,5 +135,6 @@ def test_two_worker_processes_share_a_postgresql_study(tmp_path):
     assert len(set(params)) == len(params)  # no trial ran twice
     ran = [sum(f"[{name}] trial " in line for line in out.splitlines()) for out in outputs]
     assert sum(ran) == len(study.trials) and min(ran) >= 1  # both processes did work
-    for out in outputs:
-        assert f"[{name}] best trial {study.best_trial.number}" in out
+    # each process reports the best trial it saw when it left; the last to leave saw them all
+    assert all(f"[{name}] best trial " in out for out in outputs)
+    assert any(f"[{name}] best trial {study.best_trial.number}" in out for out in outputs)
