@@ -150,6 +150,8 @@ def make_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
+        if create:
+            repair_journal(path)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     scheme = urllib.parse.urlsplit(url).scheme.split("+")[0]
     if scheme not in ("sqlite", "postgresql", "mysql"):
@@ -180,6 +182,47 @@ def make_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             time.sleep(delay)
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise ConfigError("--storage", redact(url), f"a reachable database ({scrub(first, url)})")
+
+
+def repair_journal(path: Path) -> int:
+    """Cut a torn last line off an Optuna journal file; returns the bytes removed.
+
+    A journal copied or committed while a process was appending to it (a snapshot of a running
+    study, as `studies/tuned.journal` is committed) can end in a partial line. Optuna reads such
+    a file, ignoring the partial line, but appending after it would glue the next entry onto it
+    and leave an unreadable line in the middle. The cut is made under the journal's own lock
+    (the one Optuna's writers take), so it never races a writer.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not path.is_file():
+        return 0
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            f.seek(max(0, size - 1))
+            if f.read(1) == b"\n":
+                return 0
+            # find the last newline (scan backwards in blocks); keep everything up to it
+            end, block = size, 1 << 16
+            keep = 0
+            while end > 0:
+                start = max(0, end - block)
+                f.seek(start)
+                chunk = f.read(end - start)
+                i = chunk.rfind(b"\n")
+                if i >= 0:
+                    keep = start + i + 1
+                    break
+                end = start
+            f.truncate(keep)
+            return size - keep
+    finally:
+        lock.release()
 
 
 # --------------------------------------------------------------------------- trials

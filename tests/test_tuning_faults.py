@@ -143,6 +143,27 @@ def test_any_other_failure_of_a_trial_still_stops_the_worker(tmp_path, monkeypat
         tuning._worker(tc, 0, None)
 
 
+def test_a_journal_snapshot_with_a_torn_last_line_resumes(tmp_path):
+    # a journal committed while a tuner appended to it ends in a partial line; resuming from it
+    # must neither fail nor glue the next entry onto that line
+    from gabench.tuning import repair_journal
+
+    path = tmp_path / "t.journal"
+    tune(config(tmp_path, "snap", 2, storage=f"journal:{path}"))
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "par')
+    assert repair_journal(path) == len(b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "par')
+    assert path.read_bytes() == whole and repair_journal(path) == 0
+    path.write_bytes(whole + b'{"op_code": 5, "wor')
+    study = tune(config(tmp_path, "snap", 4, storage=f"journal:{path}"))  # repaired on opening
+    assert len(study.trials) == 4
+    import json
+
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])  # no glued entry
+    assert len(load(f"journal:{path}", "snap").trials) == 4
+
+
 def test_pruner_warmup_is_counted_in_validations(tmp_path):
     pruner = make_pruner(config(tmp_path, "p", 1, prune_warmup=3))
     assert pruner._n_warmup_steps == 3 * BASE["eval_every"]
