@@ -61,3 +61,29 @@ def alive(pid: int) -> bool:
         return _stat_fields(pid)[0] != "Z"
     except OSError:
         return False  # exited between the two looks
+
+#: A tiny study with a [tuning] protocol: 2 families x 2 methods, 2 trials per cell.
+TUNED_STUDY = """
+name = "tt"
+seeds = 2
+[tuning]
+storage = "journal:tt.journal"
+trials = 2
+seed = 1000
+alpha_range = [0.01, 1.0]
+beta_range = [0.0001, 0.01]
+[defaults]
+steps = 6
+eval_every = 2
+meta_batch = 2
+val_tasks = 4
+test_tasks = 4
+[families.sine]
+tuning = { alpha_range = [0.001, 0.1] }
+[families.linear-binary]
+[methods.maml]
+algorithm = "maml"
+[methods."maml+ga"]
+algorithm = "maml"
+aggregator = "ga"
+"""

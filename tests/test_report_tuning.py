@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from helpers import study_file
+from helpers import TUNED_STUDY, study_file
 
 from gabench.commands import main
 from gabench.reporting.tuning_section import (
@@ -24,30 +24,7 @@ from gabench.reporting.tuning_section import (
 )
 from gabench.tuning import make_storage
 
-TUNED = """
-name = "tt"
-seeds = 2
-[tuning]
-storage = "journal:tt.journal"
-trials = 2
-seed = 1000
-alpha_range = [0.01, 1.0]
-beta_range = [0.0001, 0.01]
-[defaults]
-steps = 6
-eval_every = 2
-meta_batch = 2
-val_tasks = 4
-test_tasks = 4
-[families.sine]
-tuning = { alpha_range = [0.001, 0.1] }
-[families.linear-binary]
-[methods.maml]
-algorithm = "maml"
-[methods."maml+ga"]
-algorithm = "maml"
-aggregator = "ga"
-"""
+TUNED = TUNED_STUDY
 #: The same comparison without tuning (alpha and beta: the defaults).
 UNTUNED = TUNED.replace('name = "tt"', 'name = "tt-untuned"').split("[tuning]")[0] + "[defaults]" + \
     TUNED.split("[defaults]")[1].replace("tuning = { alpha_range = [0.001, 0.1] }\n", "")

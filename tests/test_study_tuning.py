@@ -7,35 +7,12 @@ import json
 
 import optuna
 import pytest
-from helpers import study_file
+from helpers import TUNED_STUDY, study_file
 
 from gabench.commands import main
 from gabench.study import StudyError, Tuned, best_params, load_study
 
-TUNED = """
-name = "tt"
-seeds = 2
-[tuning]
-storage = "journal:tt.journal"
-trials = 2
-seed = 1000
-alpha_range = [0.01, 1.0]
-beta_range = [0.0001, 0.01]
-[defaults]
-steps = 6
-eval_every = 2
-meta_batch = 2
-val_tasks = 4
-test_tasks = 4
-[families.sine]
-tuning = { alpha_range = [0.001, 0.1] }
-[families.linear-binary]
-[methods.maml]
-algorithm = "maml"
-[methods."maml+ga"]
-algorithm = "maml"
-aggregator = "ga"
-"""
+TUNED = TUNED_STUDY
 
 
 def write(tmp_path, text: str = TUNED, name: str = "tt.toml"):

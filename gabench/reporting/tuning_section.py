@@ -656,7 +656,7 @@ def _draw_family(cells: pd.DataFrame, parts: list[pd.DataFrame], studies: pd.Dat
     import matplotlib.colors as mcolors
     import matplotlib.tri as mtri
 
-    from gabench.reporting._plots import plt
+    from gabench.reporting._plots import _legend_from, plt
 
     direction = studies.set_index("study").loc[list(cells["study"]), "direction"]
     maximize = (direction == "maximize").any()
@@ -717,12 +717,7 @@ def _draw_family(cells: pd.DataFrame, parts: list[pd.DataFrame], studies: pd.Dat
         ax.set_xlabel("alpha (inner step)", fontsize=9)
         ax.set_ylabel("beta (outer step)", fontsize=9)
         ax.tick_params(labelsize=8)
-    handles, labels = [], []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    handles, labels = _legend_from(axes)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     metric = studies.set_index("study").loc[cells["study"].iloc[0], "metric_name"] or "value"
     fig.colorbar(sm, ax=grid.ravel().tolist(), label=f"{'log10 ' if use_log else ''}{metric}", shrink=0.7)
