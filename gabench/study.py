@@ -12,6 +12,7 @@ File format (every key but ``families`` and ``methods`` is optional)::
     name = "quick"                   # default: the file name without .toml
     description = "one line"
     seeds = 3                        # 3 means [0, 1, 2]; or a list such as [0, 1, 2]
+    archive = "../reports/quick/data"  # optional, relative to this file: see below
 
     [defaults]                       # run settings shared by every run (RunConfig fields)
     steps = 1000
@@ -58,6 +59,12 @@ and the compared runs take the best trial's values::
 The Optuna study of one cell is named ``<study>__<family>__<method>`` (plus
 ``__<key>-<value>`` for each grid setting), like a run id without its seed. While a cell holds
 fewer than ``trials`` finished trials, the comparison refuses to run and says which.
+
+``archive`` names a directory (usually the study's committed ``reports/<name>/data``) where
+``gabench compare`` keeps a compact summary of every finished run with its configuration, so
+that a study longer than one machine's session resumes anywhere: a run archived with the
+planned configuration is not run again, and ``gabench report`` reads the archive
+(:mod:`gabench.compare._archive`).
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -222,6 +230,7 @@ class Study:
     runs: list[PlannedRun]
     tuning: Tuning | None = None
     tuning_tasks: list[TuningTask] = field(default_factory=list)
+    archive: Path | None = None
 
     def summary(self) -> dict[str, Any]:
         """What ``study.json`` records about the plan (JSON-serialisable)."""
@@ -232,6 +241,7 @@ class Study:
                         for k, (a, g, fo) in self.methods.items()},
             "pairs": self.pairs, "settings": self.settings,
             "tuning": None if self.tuning is None else dataclasses.asdict(self.tuning),
+            "archive": None if self.archive is None else str(self.archive),
             "runs": [{"run_id": r.run_id, "family_label": r.family_label,
                       "method_label": r.method_label, "setting": r.setting_label,
                       "seed": r.config.seed, "alpha": r.config.effective_alpha, "beta": r.config.beta,
@@ -329,7 +339,7 @@ class _StudyReader:
     """Reads and validates one parsed study file into a :class:`Study`; every error names the
     key path."""
 
-    TOP = ("name", "description", "seeds", "defaults", "settings", "tuning", "families", "methods")
+    TOP = ("name", "description", "seeds", "archive", "defaults", "settings", "tuning", "families", "methods")
     FAMILY = ("family", "params", "settings", "tuning", *RUN_KEYS)
     METHOD = (*METHOD_KEYS, "baseline", "tuned", "families", *RUN_KEYS)
 
@@ -401,6 +411,7 @@ class _StudyReader:
         if not isinstance(description, str):
             raise self.error("description", f"expected a string, got {_describe(description)}")
         seeds = self.seeds(raw.get("seeds", 3))
+        archive = self.archive(raw["archive"]) if "archive" in raw else None
         self.study_name = name
         if "tuning" in raw:
             self.tuning = self.tuning_table(raw["tuning"], seeds)
@@ -427,8 +438,21 @@ class _StudyReader:
             name=name, path=self.path, description=description, seeds=seeds, families=list(fams),
             methods={k: (m["algorithm"], m["aggregator"], m["first_order"]) for k, m in meths.items()},
             pairs=pairs, settings={k: [v for v, _ in vals] for k, vals in grid.items()}, runs=runs,
-            tuning=self.tuning, tuning_tasks=tasks,
+            tuning=self.tuning, tuning_tasks=tasks, archive=archive,
         )
+
+    def archive(self, value: Any) -> Path:
+        """``archive``: a directory path, relative to the study file's folder."""
+        if not isinstance(value, str) or not value.strip():
+            raise self.error("archive", "expected a directory path such as "
+                             f"\"../reports/{self.path.stem}/data\" (relative to this file), got "
+                             f"{_describe(value)}")
+        path = Path(value)
+        if not path.is_absolute():
+            path = Path(os.path.normpath(self.path.parent / path))
+        if path.exists() and not path.is_dir():
+            raise self.error("archive", f"expected a directory, got {value!r} ({path} is a file)")
+        return path
 
     def tuning_table(self, value: Any, seeds: list[int]) -> Tuning:
         """``[tuning]``: the protocol every (family, method) study is tuned with."""

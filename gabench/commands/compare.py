@@ -52,8 +52,13 @@ def run(args: argparse.Namespace) -> int:
                       for r in study.runs]
     workers = check_int("--workers", args.workers)
     if args.plan:
+        from gabench.compare import archived_configs, archived_state
+
+        archived = archived_configs(study.archive) if study.archive is not None else {}
         for planned in study.runs:
             state = run_state(Path(args.out_root) / study.name / planned.run_id, planned.config)
+            if state == "missing" and archived_state(planned, archived) != "missing":
+                state = f"{archived_state(planned, archived)} (archive)"
             print(f"{planned.run_id}\t{state}")
         print(f"{len(study.runs)} runs", file=sys.stderr)
         return 0
@@ -84,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     table = out.study_dir / "results.parquet"
     rebuilt = not any(line.startswith(f"{table}:") for line in out.storage_errors)
     print(f"{out.finished}/{out.planned} runs finished; table: {table}"
-          + ("" if rebuilt else " (not rebuilt: no space left)"))
+          + ("" if rebuilt else " (not rebuilt: no space left)")
+          + (f"; archive: {study.archive}/ (gabench report reads it)" if study.archive is not None else ""))
     if tracking_uri is not None:
         from gabench._redact import redact
 

@@ -22,9 +22,11 @@ temporary directories, removed at the next start) and keeps every finished run.
 Modules: :mod:`~gabench.compare._schedule` (the plan: what to run, in which processes, progress),
 :mod:`~gabench.compare._execute` (one run), :mod:`~gabench.compare._state` (run state and the
 study table on disk), :mod:`~gabench.compare._signals` (SIGTERM in the parent and the workers),
-:mod:`~gabench.compare._tracking` (the tracking hook).
+:mod:`~gabench.compare._tracking` (the tracking hook), :mod:`~gabench.compare._archive` (the
+study's archive: compact summaries of its finished runs that outlive the machine).
 """
 
+from gabench.compare._archive import archived_configs, archived_state, update_archive
 from gabench.compare._execute import execute_run, label_tables, one_line, train_planned
 from gabench.compare._schedule import REBUILD_EVERY_S, CompareResult, run_study
 from gabench.compare._signals import Terminated
@@ -39,7 +41,7 @@ from gabench.compare._state import (
 from gabench.compare._tracking import CallbacksFor, TrackRuns, no_callbacks
 
 __all__ = [
-    "one_line", "train_planned",
+    "archived_configs", "archived_state", "one_line", "train_planned", "update_archive",
     "IGNORED_FIELDS", "REBUILD_EVERY_S", "STUDY_COLUMNS", "CallbacksFor", "CompareResult", "Terminated",
     "TrackRuns", "config_diff", "execute_run", "label_tables", "no_callbacks", "rebuild_table",
     "run_state", "run_study", "write_parquet",

@@ -11,19 +11,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gabench import __version__
+from gabench._atomic import read_json, write_json
 from gabench._errors import ConfigError, StorageFullError, check_int
 from gabench._provenance import git_commit
+from gabench.compare._archive import archived_configs, archived_state, update_archive
 from gabench.compare._execute import execute_run
 from gabench.compare._signals import sigterm_stops, worker_init
 from gabench.compare._state import (
     config_diff,
     read_config,
-    read_json,
     rebuild_table,
     remove_leftovers,
     run_state,
     study_lock,
-    write_json,
 )
 from gabench.compare._tracking import CallbacksFor, no_callbacks
 from gabench.study import PlannedRun, Study
@@ -114,22 +114,35 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 "run_commits": provenance})
 
         write_meta()
-        todo, changed = [], []
+        archived = archived_configs(study.archive) if study.archive is not None else {}
+        todo, changed, in_archive = [], [], 0
         for run in study.runs:
             state = run_state(study_dir / run.run_id, run.config)
+            if state == "missing" and archived:
+                state = archived_state(run, archived)
+                in_archive += state == "finished"
+                where_changed = "archive"
+            else:
+                where_changed = "local"
             if state == "changed":
-                changed.append(run)
+                changed.append((run, where_changed))
             if state != "finished":
                 todo.append(run)
         if changed and not redo_changed:
-            first = changed[0]
-            diff = config_diff(read_config(study_dir / first.run_id), first.config)
+            first, where_changed = changed[0]
+            if where_changed == "local":
+                place = study_dir / first.run_id
+                diff = config_diff(read_config(place), first.config)
+            else:
+                place = f"{first.run_id} in the archive {study.archive}"
+                diff = config_diff(archived[first.run_id], first.config)
             raise ConfigError("--redo-changed", False, (
                 f"it to rerun the {len(changed)} finished run(s) whose configuration differs from "
-                f"{study.path} (e.g. {study_dir / first.run_id}: {diff}), or another --out-root"))
+                f"{study.path} (e.g. {place}: {diff}), or another --out-root"))
         done = len(study.runs) - len(todo)
         where = f"on the Dask cluster {scheduler}" if scheduler else f"with {workers} worker(s)"
-        print(f"{study.name}: {len(study.runs)} runs planned, {done} finished already, "
+        kept = f" ({in_archive} of them in the archive {study.archive}/)" if in_archive else ""
+        print(f"{study.name}: {len(study.runs)} runs planned, {done} finished already{kept}, "
               f"{len(todo)} to run {where} -> {study_dir}/", file=log, flush=True)
         failures: dict[str, str] = {}
         storage_errors: list[str] = []
@@ -161,6 +174,8 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 if time.monotonic() - last_rebuild > REBUILD_EVERY_S:  # `gabench report` meanwhile
                     keep_going(lambda: rebuild_table(study, study_dir))
                     keep_going(write_meta)
+                    if study.archive is not None:
+                        keep_going(lambda: update_archive(study, study_dir, failures))
                     last_rebuild = time.monotonic()
         finally:
             # on a full disk each of these keeps its previous file (written atomically) and
@@ -168,8 +183,11 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
             finished = keep_going(lambda: rebuild_table(study, study_dir))
             keep_going(lambda: write_json(study_dir / "failed.json", failures))
             keep_going(write_meta)
+            if study.archive is not None:
+                keep_going(lambda: update_archive(study, study_dir, failures))
             if finished is None:
                 finished = sum(run_state(study_dir / r.run_id, r.config) == "finished" for r in study.runs)
+            finished += in_archive
             if storage_errors and sys.exc_info()[0] is not None:  # stopped: say it here
                 for line in storage_errors:
                     print(f"error: {line}", file=log, flush=True)

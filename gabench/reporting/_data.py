@@ -25,11 +25,22 @@ The summaries (a few MB for a whole study) are tidy tables, one row per observat
 ``outlier_weights`` run, step, corrupted, rel: mean relative weight of corrupted and clean tasks
                     over bins of meta-training steps
 ==================  ===========================================================================
+
+A ``data/`` directory that also holds ``run_configs.json`` (run id -> the configuration the run
+recorded) is a study's *archive* (:mod:`gabench.compare._archive`): ``gabench compare`` adds each
+finished run to it and does not run again what it holds. Only the runs listed there count: the
+file is replaced last when the directory is written (and first, without the runs whose rows
+change), so a write cut short leaves at most rows that are ignored. Writers hold the
+directory's ``.lock``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gabench._atomic import write_json, write_parquet
 from gabench._errors import ConfigError
 from gabench.reporting._stats import roc_auc_rows
 
@@ -49,6 +61,8 @@ STEP_BINS = 50
 #: Format tag of a report's ``data/`` directory.
 DATA_FORMAT = "gabench-report-data/1"
 _TABLES = ("runs", "test", "curves", "run_stats", "weight_hist", "outlier_weights")
+#: The file of a ``data/`` directory that makes it an archive (run id -> recorded configuration).
+RUN_CONFIGS = "run_configs.json"
 _RUN_COLUMNS = ["run", "family", "family_label", "setting", "method", "algorithm", "aggregator",
                 "first_order", "seed", "outlier_fraction"]
 
@@ -88,6 +102,8 @@ class ReportData:
         meta: ``study.json`` of the study (``{}`` for plain runs).
         failures: Run id -> reason, for runs that stopped.
         extra: Other tables (``textbook``), copied as they are.
+        configs: Run id -> the configuration the run recorded (``run_configs.json``; only
+            archives have it, ``{}`` otherwise).
     """
 
     name: str
@@ -101,6 +117,7 @@ class ReportData:
     meta: dict[str, Any] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     extra: dict[str, pd.DataFrame] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ plan
     @property
@@ -151,18 +168,51 @@ class ReportData:
 
     # ------------------------------------------------------------------ disk
     def write(self, directory: str | Path) -> Path:
-        """Write the summaries to ``directory`` (parquet tables + JSON); returns the directory."""
+        """Write the summaries to ``directory`` (parquet tables + JSON); returns the directory.
+
+        Each file is replaced atomically, under the directory's lock (:func:`data_lock`). In an
+        archive, ``run_configs.json`` first loses the runs whose configuration changes and is
+        written whole last, so that a write cut short never lists a run whose rows it lacks.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        for name in _TABLES:
-            getattr(self, name).to_parquet(out / f"{name}.parquet", index=False)
-        for name, table in self.extra.items():
-            table.to_parquet(out / f"{name}.parquet", index=False)
-        (out / "study.json").write_text(json.dumps(self.meta, indent=1, default=str) + "\n")
-        (out / "failed.json").write_text(json.dumps(self.failures, indent=1) + "\n")
-        info = {"format": DATA_FORMAT, "name": self.name, "extra": sorted(self.extra)}
-        (out / "data.json").write_text(json.dumps(info, indent=1) + "\n")
+        with data_lock(out):
+            self.write_locked(out)
         return out
+
+    def write_locked(self, out: Path) -> None:
+        """:meth:`write` for a caller that holds ``data_lock(out)`` already."""
+        configs_file = out / RUN_CONFIGS
+        before = _read_json(configs_file, {}) if configs_file.is_file() else None
+        if before is not None:
+            write_json(configs_file, {k: v for k, v in before.items() if self.configs.get(k) == v})
+        for name in _TABLES:
+            write_parquet(out / f"{name}.parquet", getattr(self, name))
+        for name, table in self.extra.items():
+            write_parquet(out / f"{name}.parquet", table)
+        write_json(out / "study.json", self.meta)
+        write_json(out / "failed.json", self.failures)
+        if self.configs or before is not None:
+            write_json(configs_file, self.configs)
+        write_json(out / "data.json", {"format": DATA_FORMAT, "name": self.name, "extra": sorted(self.extra)})
+
+    def only(self, run_ids: set[str]) -> ReportData:
+        """A copy holding the rows of ``run_ids`` only (meta, failures and extras kept)."""
+        keep = {name: getattr(self, name)[getattr(self, name)["run"].astype(str).isin(run_ids)]
+                .reset_index(drop=True) for name in _TABLES}
+        return ReportData(self.name, self.source, meta=self.meta, failures=self.failures, extra=self.extra,
+                          configs={k: v for k, v in self.configs.items() if k in run_ids}, **keep)
+
+
+@contextmanager
+def data_lock(directory: Path) -> Iterator[None]:
+    """Hold ``directory/.lock`` (exclusive; the kernel releases it if the process dies)."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- sources
@@ -171,23 +221,53 @@ def resolve_source(source: str | Path, runs_root: str | Path = "runs") -> Path:
 
     ``source`` may be a directory (a study directory, a directory of runs, a report's ``data/``
     directory or the report directory holding it), a study name (``quick`` ->
-    ``<runs_root>/quick``) or a study file (``studies/quick.toml`` -> its name).
+    ``<runs_root>/quick``) or a study file (``studies/quick.toml`` -> its name). A study with an
+    ``archive`` resolves to the archive (it holds every run the study directory holds, and those
+    that other machines ran).
     """
     path = Path(source)
     if path.is_dir():
         if (path / "data" / "data.json").is_file() and not (path / "results.parquet").is_file():
             return path / "data"
-        return path
+        return _archive_of(path) or path
     if path.suffix == ".toml":
         from gabench.study import load_study
 
-        return Path(runs_root) / load_study(path).name
+        study = load_study(path, resolve_tuned=False)
+        if study.archive is not None and (study.archive / "data.json").is_file():
+            return study.archive
+        return Path(runs_root) / study.name
     candidate = Path(runs_root) / str(source)
     if candidate.is_dir():
-        return candidate
+        return _archive_of(candidate) or candidate
     raise ConfigError("source", str(source),
                       f"a study directory, a study name with results under {runs_root}/, a report's data/ "
                       "directory, or a study file (run `gabench compare studies/NAME.toml` first)")
+
+
+def _archive_of(study_dir: Path) -> Path | None:
+    """The archive that a study directory's ``study.json`` names, when it exists."""
+    meta = _read_json(study_dir / "study.json", {})
+    archive = meta.get("archive") if isinstance(meta, dict) else None
+    if isinstance(archive, str) and (Path(archive) / "data.json").is_file():
+        return Path(archive)
+    return None
+
+
+def check_not_an_archive(target: Path, data: ReportData) -> None:
+    """Refuse to write a report's ``data/`` over a study's archive unless the report was made from
+    that archive (anything else would drop runs that only the archive holds).
+
+    Raises:
+        ConfigError: ``target`` holds ``run_configs.json`` and ``data`` was not read from it.
+    """
+    if not (target / RUN_CONFIGS).is_file():
+        return
+    if Path(data.source).resolve() == target.resolve():
+        return
+    raise ConfigError("source", str(data.source),
+                      f"the archive {target} itself, since the report would be written over it (report from "
+                      f"it: `gabench report {target}` or the study file), or another --reports-root")
 
 
 def load_tables(source: str | Path, runs_root: str | Path = "runs") -> ReportData:
@@ -252,8 +332,15 @@ def read_report_data(path: str | Path) -> ReportData:
                               "missing)")
         tables[name] = _read_parquet(file)
     extra = {name: _read_parquet(path / f"{name}.parquet") for name in info.get("extra", [])}
-    return ReportData(info.get("name", path.parent.name), path, meta=_read_json(path / "study.json", {}),
+    data = ReportData(info.get("name", path.parent.name), path, meta=_read_json(path / "study.json", {}),
                       failures=_read_json(path / "failed.json", {}), extra=extra, **tables)
+    if (path / RUN_CONFIGS).is_file():  # an archive: only the runs it lists count
+        configs = _read_json(path / RUN_CONFIGS, {})
+        if not isinstance(configs, dict):
+            raise ConfigError("source", str(path / RUN_CONFIGS), "a JSON object of run id -> configuration")
+        data = data.only(set(configs))
+        data.configs = configs
+    return data
 
 
 def check_report_data(data: ReportData) -> None:

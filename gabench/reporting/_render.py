@@ -24,6 +24,7 @@ from gabench.reporting._data import (
     LOWER_IS_BETTER,
     ReportData,
     StudyTables,
+    check_not_an_archive,
     check_report_data,
     summarise,
 )
@@ -634,6 +635,7 @@ def build_report(data: ReportData | StudyTables, out_dir: str | Path, command: s
         data = summarise(data)
     check_report_data(data)
     out = Path(out_dir)
+    check_not_an_archive(out / "data", data)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):
         old.unlink()

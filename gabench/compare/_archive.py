@@ -1,0 +1,107 @@
+"""A study's archive: the compact summary of every finished run, kept where it survives the machine.
+
+A run directory holds the full per-step record (up to a few MB for a long run with per-task
+weights), so ``runs/`` is not committed; a study that takes longer than one session on one machine
+would be lost with it. A study file's ``archive = "../reports/<name>/data"`` names a report
+``data/`` directory (:mod:`gabench.reporting._data`) to which ``gabench compare`` adds each finished
+run's per-seed summaries and its recorded configuration (``run_configs.json``), at every rebuild of
+the study table (every 10 minutes) and at the end. On any machine, a planned run whose archived
+configuration matches the plan counts as finished and is not run again, and ``gabench report``
+reads the archive, so the report covers every run whichever machine ran it.
+
+The archive is written under its own lock (several compares may share it, e.g. one per
+``--out-root``), each file atomically, ``run_configs.json`` last (see
+:meth:`~gabench.reporting._data.ReportData.write`): a write cut short by ``kill -9`` or a full disk
+leaves the runs it listed before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gabench._atomic import read_json
+from gabench._errors import ConfigError
+from gabench.compare._state import _check_run, config_diff
+from gabench.study import PlannedRun, Study
+
+
+def archived_configs(archive: Path) -> dict[str, dict[str, Any]]:
+    """Run id -> configuration of the runs ``archive`` holds (``{}`` when it does not exist yet).
+
+    Raises:
+        ConfigError: ``archive`` exists but is not an archive (one line naming it).
+    """
+    from gabench.reporting._data import RUN_CONFIGS  # imported late: matplotlib
+
+    if not (archive / "data.json").is_file():
+        return {}
+    if not (archive / RUN_CONFIGS).is_file():
+        raise ConfigError("archive", str(archive), f"a study archive (a data/ directory with {RUN_CONFIGS}; "
+                          "this one holds a report's data without it: move it away, or name another "
+                          "directory)")
+    configs = read_json(archive / RUN_CONFIGS)
+    return configs if isinstance(configs, dict) else {}
+
+
+def archived_state(run: PlannedRun, configs: dict[str, dict[str, Any]]) -> str:
+    """``"missing"``, ``"finished"`` (archived with the planned configuration) or ``"changed"``."""
+    recorded = configs.get(run.run_id)
+    if not isinstance(recorded, dict):
+        return "missing"
+    return "changed" if config_diff(recorded, run.config) else "finished"
+
+
+def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> int:
+    """Add the runs finished in ``study_dir`` that ``study.archive`` lacks (or holds with another
+    configuration) to the archive; returns how many were added.
+
+    ``failures`` (run id -> reason, this compare's) are merged into the archive's ``failed.json``;
+    a run that finished since leaves it. The archive's ``study.json`` becomes the study
+    directory's (the plan), with the provenance of every archived run.
+    """
+    from gabench.reporting import _data as rd  # the report's tables (imported late: matplotlib)
+
+    archive = study.archive
+    assert archive is not None
+    archive.mkdir(parents=True, exist_ok=True)
+    with rd.data_lock(archive):
+        configs = archived_configs(archive)
+        old = rd.read_report_data(archive) if configs else None
+        new_ids, results, weights, recorded = [], [], [], {}
+        for run in study.runs:
+            state, tables = _check_run(study_dir / run.run_id, run.config, pd.read_parquet)
+            if state != "finished" or tables is None:
+                continue
+            config = read_json(study_dir / run.run_id / "config.json").get("config")
+            if configs.get(run.run_id) == config:
+                continue
+            new_ids.append(run.run_id)
+            results.append(tables[0])
+            weights.append(tables[1])
+            recorded[run.run_id] = config
+        meta = read_json(study_dir / "study.json")
+        known = set(configs) | set(recorded)
+        merged_failures = {k: v for k, v in {**(old.failures if old else {}), **failures}.items()
+                           if k not in known}
+        if not new_ids and old is not None and merged_failures == old.failures:
+            return 0
+        if new_ids:
+            res = rd._with_study_columns(pd.concat(results, ignore_index=True), study.name)
+            wts = pd.concat(weights, ignore_index=True)
+            new = rd.summarise(rd.StudyTables(study.name, study_dir, res, wts))
+        commits = {**(old.meta.get("run_commits", {}) if old else {}), **meta.get("run_commits", {})}
+        meta["run_commits"] = {k: v for k, v in commits.items() if k in known}
+        parts = [old.only(set(configs) - set(new_ids))] if old is not None else []
+        if new_ids:
+            parts.append(new)
+        tables = {name: pd.concat([getattr(p, name) for p in parts], ignore_index=True)
+                  for name in rd._TABLES}
+        merged = rd.ReportData(study.name, archive, meta=meta, failures=merged_failures,
+                            extra=old.extra if old else {},
+                            configs={**{k: v for k, v in configs.items() if k not in recorded}, **recorded},
+                            **tables)
+        merged.write_locked(archive)
+    return len(new_ids)

@@ -1,0 +1,183 @@
+"""A study's archive: compact summaries of its finished runs that let a study resume on another machine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from helpers import TINY_STUDY, study_file
+
+from gabench._errors import ConfigError
+from gabench.commands import main
+from gabench.commands.report import report_study
+from gabench.compare import run_study
+from gabench.reporting import _data as rd
+from gabench.reporting import load_tables
+from gabench.study import StudyError, load_study
+
+ARCHIVED = TINY_STUDY.replace('seeds = 2\n', 'seeds = 2\narchive = "reports/tiny/data"\n')
+
+
+def _compare(path, out, capsys=None, *extra):
+    code = main(["compare", str(path), "--out-root", str(out), "--no-tracking", *extra])
+    return code, (capsys.readouterr() if capsys is not None else None)
+
+
+def _archived_runs(archive):
+    return sorted(json.loads((archive / rd.RUN_CONFIGS).read_text()))
+
+
+def test_compare_keeps_every_finished_run_in_the_archive_and_a_new_machine_runs_nothing(tmp_path, capsys):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    code, out = _compare(path, tmp_path / "runs", capsys)
+    assert code == 0 and f"archive: {archive}/" in out.out
+    expected = sorted(f"sine__{m}__s{s}" for s in (0, 1) for m in ("maml", "maml+ga"))
+    assert _archived_runs(archive) == expected
+    configs = json.loads((archive / rd.RUN_CONFIGS).read_text())
+    recorded = json.loads((tmp_path / "runs" / "tiny" / "sine__maml__s1" / "config.json").read_text())
+    assert configs["sine__maml__s1"] == recorded["config"]
+    from_runs = rd.summarise(rd.read_raw_tables(tmp_path / "runs" / "tiny"))
+    from_archive = rd.read_report_data(archive)
+    for name in rd._TABLES:  # the archive holds exactly the summaries of the runs
+        a, b = getattr(from_archive, name), getattr(from_runs, name)[getattr(from_archive, name).columns]
+        a, b = (t.sort_values(list(t.columns)).reset_index(drop=True) for t in (a, b))
+        pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    report = report_study(path, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports")
+    csv = (report.parent / "comparisons.csv").read_text()
+
+    shutil.rmtree(tmp_path / "runs")  # a fresh machine: only what was committed
+    code, out = _compare(path, tmp_path / "runs", capsys)
+    assert code == 0
+    assert "4 finished already (4 of them in the archive" in out.err and "0 to run" in out.err
+    assert not any((tmp_path / "runs" / "tiny").glob("sine__*"))  # nothing ran again
+    assert _archived_runs(archive) == expected
+    assert main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--plan"]) == 0
+    assert capsys.readouterr().out.count("finished (archive)") == 4
+    again = report_study(path, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports")
+    assert (again.parent / "comparisons.csv").read_text() == csv
+    assert load_tables("tiny", runs_root=tmp_path / "runs").source == archive  # the study name too
+
+
+def test_a_larger_plan_runs_only_what_the_archive_lacks(tmp_path, capsys):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    _compare(path, tmp_path / "runs_a", capsys)
+    path.write_text(path.read_text().replace("seeds = 2", "seeds = 3"))
+    code, out = _compare(path, tmp_path / "runs_b", capsys)  # another machine, another directory
+    assert code == 0 and "6 runs planned, 4 finished already" in out.err and "2 to run" in out.err
+    assert sorted(p.name for p in (tmp_path / "runs_b" / "tiny").iterdir() if p.is_dir()) == [
+        "sine__maml+ga__s2", "sine__maml__s2"]
+    assert len(_archived_runs(archive)) == 6
+    data = load_tables(path)
+    assert sorted(data.runs["seed"]) == [0, 0, 1, 1, 2, 2]
+    assert set(data.meta["run_commits"]) == set(_archived_runs(archive))
+
+
+def test_an_archived_run_with_another_configuration_is_refused_then_redone_and_replaced(tmp_path, capsys):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    _compare(path, tmp_path / "runs", capsys)
+    shutil.rmtree(tmp_path / "runs")
+    path.write_text(path.read_text().replace("steps = 3", "steps = 4"))
+    code, out = _compare(path, tmp_path / "runs", capsys)
+    assert code == 2
+    line = out.err.strip().splitlines()[-1]
+    assert "--redo-changed" in line and "in the archive" in line and "steps: 3 recorded, 4 planned" in line
+    assert not (tmp_path / "runs" / "tiny" / "sine__maml__s0").exists()
+    code, _ = _compare(path, tmp_path / "runs", capsys, "--redo-changed")
+    assert code == 0
+    configs = json.loads((archive / rd.RUN_CONFIGS).read_text())
+    assert len(configs) == 4 and {c["steps"] for c in configs.values()} == {4}
+    curves = rd.read_report_data(archive).curves
+    assert curves.groupby("run")["step"].max().eq(4).all()  # the rows were replaced too
+
+
+def test_a_write_cut_short_never_lists_a_run_whose_rows_changed(tmp_path, monkeypatch):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    run_study(load_study(path), tmp_path / "runs")
+    data = rd.read_report_data(archive)
+    changed = dict(data.configs)
+    changed["sine__maml__s0"] = {**changed["sine__maml__s0"], "steps": 99}
+    data.configs = changed
+    data.curves = data.curves.assign(value=data.curves["value"] + 1.0)
+    real = rd.write_parquet
+
+    def write_parquet(target, frame):
+        if target.name == "test.parquet":
+            raise OSError(28, "No space left on device")
+        real(target, frame)
+
+    monkeypatch.setattr(rd, "write_parquet", write_parquet)
+    with pytest.raises(OSError):
+        data.write(archive)  # runs.parquet written, test.parquet not: cut short
+    monkeypatch.setattr(rd, "write_parquet", real)
+    after = rd.read_report_data(archive)
+    assert "sine__maml__s0" not in after.configs  # its rows may be half replaced: not counted
+    assert sorted(after.configs) == ["sine__maml+ga__s0", "sine__maml+ga__s1", "sine__maml__s1"]
+    assert set(after.runs["run"]) == set(after.configs) and set(after.test["run"]) == set(after.configs)
+    # and the next compare redoes exactly that run
+    shutil.rmtree(tmp_path / "runs")
+    result = run_study(load_study(path), tmp_path / "runs")
+    assert result.ran == 1 and result.finished == 4 and len(_archived_runs(archive)) == 4
+
+
+def test_rows_of_runs_the_archive_does_not_list_are_ignored(tmp_path):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    run_study(load_study(path), tmp_path / "runs")
+    configs = json.loads((archive / rd.RUN_CONFIGS).read_text())
+    del configs["sine__maml__s1"]
+    (archive / rd.RUN_CONFIGS).write_text(json.dumps(configs))
+    data = rd.read_report_data(archive)
+    assert "sine__maml__s1" not in set(data.runs["run"]) | set(data.test["run"]) | set(data.curves["run"])
+
+
+def test_a_report_from_another_source_is_not_written_over_the_archive(tmp_path, capsys):
+    path = study_file(tmp_path, ARCHIVED)
+    run_study(load_study(path), tmp_path / "runs")
+    before = (tmp_path / "reports" / "tiny" / "data" / rd.RUN_CONFIGS).read_text()
+    code = main(["report", str(tmp_path / "runs" / "tiny"), "--reports-root", str(tmp_path / "reports")])
+    assert code == 0  # a study directory resolves to its archive
+    plain = tmp_path / "other" / "tiny"
+    shutil.copytree(tmp_path / "runs" / "tiny", plain)
+    meta = json.loads((plain / "study.json").read_text())
+    (plain / "study.json").write_text(json.dumps({**meta, "archive": None}))  # the same study, no archive
+    capsys.readouterr()
+    code = main(["report", str(plain), "--reports-root", str(tmp_path / "reports")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "the archive" in err[0] and "--reports-root" in err[0]
+    assert (tmp_path / "reports" / "tiny" / "data" / rd.RUN_CONFIGS).read_text() == before
+
+
+def test_a_report_data_directory_without_run_configs_is_not_taken_as_an_archive(tmp_path, capsys):
+    path = study_file(tmp_path, TINY_STUDY.replace('seeds = 2\n', 'seeds = 2\narchive = "old/data"\n'))
+    run_study(load_study(study_file(tmp_path, TINY_STUDY, "plain.toml")), tmp_path / "runs")
+    report_study(tmp_path / "runs" / "tiny", reports_root=tmp_path / "old")  # old/tiny/data: a report's data
+    shutil.move(tmp_path / "old" / "tiny" / "data", tmp_path / "old" / "data")
+    with pytest.raises(ConfigError, match="archive.*run_configs.json"):
+        run_study(load_study(path), tmp_path / "runs2")
+
+
+@pytest.mark.parametrize("value, match", [
+    ("3", "archive: expected a directory path"),
+    ('""', "archive: expected a directory path"),
+    ('"tiny.toml"', "archive: expected a directory, got 'tiny.toml'"),
+])
+def test_a_bad_archive_key_is_a_one_line_error(tmp_path, value, match):
+    path = study_file(tmp_path, TINY_STUDY.replace('seeds = 2\n', f'seeds = 2\narchive = {value}\n'))
+    with pytest.raises(StudyError, match=match) as info:
+        load_study(path)
+    assert "\n" not in str(info.value)
+
+
+def test_the_archive_path_is_relative_to_the_study_file(tmp_path, monkeypatch):
+    (tmp_path / "studies").mkdir()
+    text = TINY_STUDY.replace('seeds = 2\n', 'seeds = 2\narchive = "../reports/tiny/data"\n')
+    path = study_file(tmp_path / "studies", text)
+    monkeypatch.chdir(tmp_path)
+    assert str(load_study("studies/tiny.toml").archive) == "reports/tiny/data"
+    assert load_study(path).archive == tmp_path / "reports" / "tiny" / "data"
