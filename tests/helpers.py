@@ -87,3 +87,15 @@ algorithm = "maml"
 algorithm = "maml"
 aggregator = "ga"
 """
+
+
+def family_params(names) -> list:
+    """``names`` for ``pytest.mark.parametrize``, the image families (Conv-4 on generated image
+    folders, seconds per test) marked ``slow`` so that they run in ``tox -e integration``."""
+    import pytest
+
+    from gabench.tasks import FAMILIES
+    from gabench.tasks._images import ImageFamily
+
+    return [pytest.param(n, marks=pytest.mark.slow) if issubclass(FAMILIES[n], ImageFamily) else n
+            for n in names]

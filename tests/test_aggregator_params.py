@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import study_file
 
 from gabench.aggregators import AGGREGATORS, TORCHJD_AGGREGATORS
@@ -15,6 +16,7 @@ def test_every_torchjd_aggregator_is_registered():
     assert set(TORCHJD_AGGREGATORS) <= set(AGGREGATORS.values())
 
 
+@pytest.mark.slow
 def test_run_takes_aggregator_parameters_and_records_them_resolved(tmp_path):
     out = tmp_path / "r"
     assert main(["run", "--steps", "2", "--test-tasks", "4", "--aggregator", "cagrad", "-A", "c=0.25",

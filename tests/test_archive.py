@@ -29,6 +29,7 @@ def _archived_runs(archive):
     return sorted(json.loads((archive / rd.RUN_CONFIGS).read_text()))
 
 
+@pytest.mark.slow
 def test_compare_keeps_every_finished_run_in_the_archive_and_a_new_machine_runs_nothing(tmp_path, capsys):
     path = study_file(tmp_path, ARCHIVED)
     archive = tmp_path / "reports" / "tiny" / "data"

@@ -189,6 +189,7 @@ def test_start_up_imports_nothing_heavy():
     assert out == "[]"
 
 
+@pytest.mark.integration
 def test_library_loads_no_command_code():
     out = _in_subprocess(
         "import sys\n"

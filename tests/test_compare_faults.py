@@ -127,6 +127,7 @@ def _no_space(path):
     return OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_a_run_fails_that_run_in_one_line_and_a_rerun_resumes(
         tmp_path, monkeypatch, capsys):
     from gabench import results
@@ -214,6 +215,7 @@ def test_a_full_disk_before_any_run_is_one_line(tmp_path, monkeypatch, capsys):
                    "free space and run the same command again")
 
 
+@pytest.mark.slow
 def test_a_real_file_size_limit_fails_each_run_in_one_line_and_a_rerun_resumes(tmp_path):
     # `ulimit -f 4`: any file over 4 KiB cannot be written (EFBIG; Python ignores SIGXFSZ), so
     # every run's tables fail as on a full disk, while study.json and failed.json fit

@@ -10,6 +10,7 @@ import inspect
 
 import pytest
 import torch
+from helpers import family_params
 
 from gabench.aggregators import AGGREGATORS, Aggregator
 from gabench.algorithms import ALGORITHMS, Algorithm
@@ -31,7 +32,7 @@ def _algorithm_variants() -> dict[str, tuple[type[Algorithm], dict]]:
 ALGORITHM_VARIANTS = _algorithm_variants()
 
 
-@pytest.mark.parametrize("family_name", list(FAMILIES))
+@pytest.mark.parametrize("family_name", family_params(FAMILIES))
 class TestRegisteredFamily(TaskFamilyContract):
     @pytest.fixture(autouse=True)
     def _select(self, family_name: str) -> None:

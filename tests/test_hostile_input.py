@@ -89,6 +89,7 @@ def test_the_same_runs_fit_when_enough_memory_is_free(monkeypatch):
     RunConfig(family="sine", eval_batch=100000, test_tasks=100000).validate()
 
 
+@pytest.mark.slow
 def test_default_runs_and_the_shipped_studies_need_little_memory():
     for name in ("textbook-binary", "linear-binary", "sine", "classification", "moons", "circles",
                  "blobs", "regression", "digits"):

@@ -193,6 +193,7 @@ def test_splits_are_disjoint_and_sampling_is_deterministic(mini):
     assert len(seen["train"]) == 8  # 20 tasks of 3 classes reach every train class
 
 
+@pytest.mark.slow
 def test_sampling_is_a_small_share_of_a_meta_iteration(omniglot):
     """Sampling stays <= 10% of a meta-iteration (Omniglot 5-way 1-shot MAML, Conv-4 with 64 filters,
     CPU; T=8 instead of 32 to keep the test short: both costs grow linearly with T)."""
@@ -279,6 +280,7 @@ def _loop_direction(model: nn.Module, batch: TaskBatch, alpha: float, steps: int
     ("maml", False, 1, "ga"), ("maml", False, 2, "mean"), ("maml", True, 2, "ga"),
     ("reptile", False, 3, "ga"),
 ])
+@pytest.mark.slow
 def test_conv4_meta_gradient_matches_a_per_task_loop(omniglot, algorithm, first_order, steps, aggregator):
     """Conv-4 on the batched (vmap) path: the outer direction equals a per-task autograd loop.
 
@@ -310,6 +312,7 @@ def test_conv4_meta_gradient_matches_a_per_task_loop(omniglot, algorithm, first_
 # --------------------------------------------------------------------------- training
 @pytest.mark.parametrize("family,method", [("omniglot", "maml"), ("omniglot", "reptile+ga"),
                                            ("mini-imagenet", "fomaml"), ("mini-imagenet", "maml+ga")])
+@pytest.mark.slow
 def test_trains_and_evaluates_through_the_trainer(family, method, omniglot, mini):
     from gabench.config import parse_method
 
@@ -337,6 +340,7 @@ def test_trains_and_evaluates_through_the_trainer(family, method, omniglot, mini
     ("mini-imagenet", {"mini-imagenet-5w1s": (5, 1, 4, 0.01, 5, 10),
                        "mini-imagenet-5w5s": (5, 5, 2, 0.01, 5, 10)}),
 ])
+@pytest.mark.slow
 def test_study_files_plan_and_run(study, labels, tmp_path, monkeypatch):
     """The study files hold MAML's settings and each of their families runs a few steps."""
     data = tmp_path / "data"

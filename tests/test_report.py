@@ -146,6 +146,7 @@ def test_holm_runs_over_the_primary_family_and_sets_the_verdicts(tmp_path):
     assert (null["verdict"] == "unresolved").all()
 
 
+@pytest.mark.slow
 def test_report_rebuilt_from_its_data_gives_identical_comparisons(tmp_path):
     src = fake_study(tmp_path / "runs", effect=0.05)
     text, _ = _report(src, tmp_path / "rep")
@@ -162,6 +163,7 @@ def test_report_rebuilt_from_its_data_gives_identical_comparisons(tmp_path):
     assert size < 200_000
 
 
+@pytest.mark.slow
 def test_both_selections_are_shown_and_best_val_is_primary(tmp_path):
     text, comp = _report(fake_study(tmp_path / "runs"), tmp_path / "rep")
     assert "`select = best_val` (primary)" in text and "`select = final` (secondary)" in text
@@ -172,6 +174,7 @@ def test_both_selections_are_shown_and_best_val_is_primary(tmp_path):
     assert "recorded only the final iterate" in text
 
 
+@pytest.mark.slow
 def test_report_warns_about_too_few_seeds_and_states_the_requirement(tmp_path):
     text, _ = _report(fake_study(tmp_path / "runs", seeds=4), tmp_path / "rep")
     assert "Too few seeds for a distribution-free call" in text
@@ -180,6 +183,7 @@ def test_report_warns_about_too_few_seeds_and_states_the_requirement(tmp_path):
     assert "Too few seeds" not in text
 
 
+@pytest.mark.slow
 def test_report_sections_aggregates_convergence_and_figures(tmp_path):
     text, _ = _report(fake_study(tmp_path / "runs", effect=0.05), tmp_path / "rep")
     out = tmp_path / "rep"
@@ -252,6 +256,7 @@ def test_one_method_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_mismatched_seeds_are_a_one_line_error_unless_recorded_as_failed(tmp_path, capsys):
     src = fake_study(tmp_path / "runs", seed_sets={"maml": [0, 1, 2], "maml+ga": [0, 1]})
     _one_line_error(capsys, ["report", str(src), "--reports-root", str(tmp_path / "r")],
@@ -262,6 +267,7 @@ def test_mismatched_seeds_are_a_one_line_error_unless_recorded_as_failed(tmp_pat
     assert (comp["n_seeds"] == 2).all() and "## Failed runs" in text
 
 
+@pytest.mark.slow
 def test_corrupt_tables_are_one_line_errors(tmp_path, capsys):
     src = fake_study(tmp_path / "runs")
     data = build_report(load_tables(src), tmp_path / "rep", "x").parent / "data"
@@ -318,6 +324,7 @@ def tiny_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_report_of_a_tiny_study(tiny_runs):
     root = tiny_runs
     code = main(["report", "tiny-report", "--runs-root", str(root / "runs"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import study_file
 
 from gabench.commands import main
@@ -31,6 +32,7 @@ aggregator = "ga"
 """
 
 
+@pytest.mark.slow
 def test_the_hyperparameter_table_shows_the_resolved_task_shape(tmp_path):
     path = study_file(tmp_path, STUDY, "shapes.toml")
     study = load_study(path)

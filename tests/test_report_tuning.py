@@ -50,6 +50,7 @@ def _section(text: str, title: str) -> str:
     return text.split(f"## {title}")[1].split("\n## ")[0]
 
 
+@pytest.mark.slow
 def test_tuned_report_has_the_protocol_budget_importance_and_figures(tuned, tmp_path):
     root = tuned
     reports = tmp_path / "reports"
@@ -85,6 +86,7 @@ def test_tuned_report_has_the_protocol_budget_importance_and_figures(tuned, tmp_
     assert "alpha and beta of every family x method are the best trial" in text.lower()
 
 
+@pytest.mark.slow
 def test_regenerated_from_data_alone_without_the_journal_or_the_untuned_report(tuned, tmp_path):
     first = tmp_path / "reports"
     shutil.copytree(tuned / "reports" / "tt-untuned", first / "tt-untuned")
@@ -131,6 +133,7 @@ def _journal(path, cells: dict[str, list[tuple[str, float, float, float | None]]
     return url
 
 
+@pytest.mark.slow
 def test_edge_flags_and_budget_counts_from_a_hand_made_journal(tuned, tmp_path):
     root = tuned
     mid = [("COMPLETE", 0.1, 1e-3, 0.5), ("COMPLETE", 0.05, 3e-4, 0.6), ("PRUNED", 0.5, 5e-3, 0.9)]
@@ -225,6 +228,7 @@ def test_tuned_vs_untuned_marks_the_changed_cells():
     assert t.loc[t["cell"] == "sine", "p_holm_untuned"].item() == 0.001
 
 
+@pytest.mark.slow
 def test_the_section_says_where_the_conclusion_changed(tuned, tmp_path):
     reports = tmp_path / "reports"
     shutil.copytree(tuned / "reports" / "tt-untuned", reports / "tt-untuned")
@@ -260,6 +264,7 @@ def test_the_section_says_where_the_conclusion_changed(tuned, tmp_path):
     assert " -> " in means
 
 
+@pytest.mark.slow
 def test_tuning_options_need_a_tuned_study(tuned, tmp_path, capsys):
     assert main(["report", "tt-untuned", "--runs-root", str(tuned / "runs"), "--reports-root",
                  str(tmp_path / "r"), "--untuned", "none"]) == 2

@@ -16,6 +16,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import family_params
 from scipy import stats
 from sklearn import datasets
 
@@ -214,7 +215,7 @@ def test_digits_tasks_are_images_of_their_classes():
     assert (batch.support_y == torch.arange(5).repeat_interleave(2)).all()
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", family_params(FAMILIES))
 class TestStreams:
     def test_chunked_stream_is_the_stream_consumed_batch_by_batch(self, name):
         fam = make_family(name)

@@ -114,6 +114,7 @@ def test_family_tuning_without_a_tuning_table_is_refused(tmp_path):
     assert info.value.key == "families.sine.tuning"
 
 
+@pytest.mark.slow
 def test_tune_study_then_compare_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path)

@@ -41,6 +41,7 @@ def test_textbook_table_is_long_format():
     assert set(t[t.split == "test"].metric) == {"loss_init", "loss_pre", "loss_post", "theta_change"}
 
 
+@pytest.mark.slow
 def test_gabench_textbook_writes_the_replica_runs_the_study_and_reports(tmp_path, capsys):
     from gabench.commands import main
 

@@ -120,6 +120,7 @@ def test_run_is_tracked_on_a_real_server(mlflow_server, tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_parquet(local), pd.read_parquet(out / "results.parquet"))
 
 
+@pytest.mark.slow
 def test_default_store_is_sqlite_in_working_directory(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
@@ -136,6 +137,7 @@ def test_default_store_is_sqlite_in_working_directory(tmp_path, monkeypatch):
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts next to the database
 
 
+@pytest.mark.slow
 def test_no_plots_leaves_the_pngs_out_and_keeps_the_rest(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

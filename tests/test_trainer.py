@@ -190,6 +190,7 @@ def test_a_plug_in_family_need_not_be_registered():
     assert tr.fit().test["loss_post"].n == 3
 
 
+@pytest.mark.slow
 def test_the_mlflow_tracker_records_a_failure_through_on_fail(tmp_path):
     """One place records a failed run: the trainer calls on_fail, the tracker marks its MLflow run."""
     from mlflow import MlflowClient

@@ -25,6 +25,7 @@ def states(study: optuna.Study) -> list[str]:
     return [t.state.name for t in study.trials]
 
 
+@pytest.mark.slow
 def test_tune_reports_best_and_tracks_children(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
@@ -51,6 +52,7 @@ def test_tune_reports_best_and_tracks_children(tmp_path, monkeypatch, capsys):
             "param_importances.png"} <= arts
 
 
+@pytest.mark.slow
 def test_rerun_resumes_the_study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 's.db'}"
@@ -73,6 +75,7 @@ def test_diverging_trials_are_pruned_with_a_reason_and_the_study_goes_on(tmp_pat
     assert all("diverged" in t.user_attrs["reason"] for t in study.trials)
 
 
+@pytest.mark.slow
 def test_several_methods_get_the_same_budget_and_suggestions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 's.db'}"

@@ -42,6 +42,7 @@ def load(storage: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=make_storage(storage))
 
 
+@pytest.mark.slow
 def test_resuming_never_proposes_a_finished_point_again(tmp_path):
     tune(config(tmp_path, "r", 4))
     study = tune(config(tmp_path, "r", 8))
@@ -49,6 +50,7 @@ def test_resuming_never_proposes_a_finished_point_again(tmp_path):
     assert len(set(points(study))) == 8
 
 
+@pytest.mark.slow
 def test_an_uninterrupted_study_is_reproducible_from_its_seed(tmp_path):
     a = tune(config(tmp_path, "a", 5))
     b = tune(config(tmp_path, "b", 5))
