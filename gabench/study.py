@@ -165,6 +165,8 @@ class TuningTask:
             replaced by the sampler's suggestions.
         family_label, method_label, setting: Where the cell sits in the study.
         alpha_range, beta_range: The log-uniform search ranges for this family.
+        aggregator_ranges: Log-uniform ranges of the method's aggregator parameters tuned with
+            alpha and beta (the method's ``tuning`` table; usually empty).
     """
 
     name: str
@@ -174,6 +176,7 @@ class TuningTask:
     setting: dict[str, Any]
     alpha_range: tuple[float, float]
     beta_range: tuple[float, float]
+    aggregator_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,7 @@ class _StudyReader:
 
     TOP = ("name", "description", "seeds", "archive", "defaults", "settings", "tuning", "families", "methods")
     FAMILY = ("family", "params", "settings", "tuning", *RUN_KEYS)
-    METHOD = (*METHOD_KEYS, "baseline", "tuned", "families", *RUN_KEYS)
+    METHOD = (*METHOD_KEYS, "baseline", "tuned", "families", "tuning", *RUN_KEYS)
 
     def __init__(self, path: Path, load_tuned: Callable[[Tuned], dict[str, float]],
                  resolve_tuned: bool = True) -> None:
@@ -532,7 +535,8 @@ class _StudyReader:
                     run = self.run(self.tuning.seed, flabel, fam, mlabel, meth, defaults, point,
                                    resolve=False)
                     tasks.append(TuningTask(self.tuning_name(flabel, mlabel, point), run.config, flabel,
-                                            mlabel, run.setting, **ranges))
+                                            mlabel, run.setting, **ranges,
+                                            aggregator_ranges=dict(meth["tuning"])))
         return tasks
 
     def seeds(self, value: Any) -> list[int]:
@@ -611,7 +615,8 @@ class _StudyReader:
         defaults = RunConfig()
         for name in METHOD_KEYS:
             out[name] = self.run_value(_join(key, name), name, spec.get(name, getattr(defaults, name)))
-        out["run"] = self.run_settings(key, spec, (*METHOD_KEYS, "baseline", "tuned", "families"))
+        out["run"] = self.run_settings(key, spec, (*METHOD_KEYS, "baseline", "tuned", "families", "tuning"))
+        out["tuning"] = self.method_tuning(key, spec, out["aggregator"])
         self.untuned(key, out["run"])
         if self.tuning is not None and "tuned" in spec:
             raise self.error(_join(key, "tuned"), "this study's [tuning] table tunes every method; remove it")
@@ -644,6 +649,28 @@ class _StudyReader:
             out["per_family"][flabel] = self.run_settings(fk, fspec, ())
             self.untuned(fk, out["per_family"][flabel])
         return out
+
+    def method_tuning(self, key: str, spec: dict[str, Any],
+                      aggregator: str) -> dict[str, tuple[float, float]]:
+        """A method's ``tuning = { NAME = [LOW, HIGH] }``: aggregator parameters tuned with alpha and
+        beta under ``[tuning]``."""
+        if "tuning" not in spec:
+            return {}
+        tk = _join(key, "tuning")
+        if self.tuning is None:
+            raise self.error(tk, "only in a study with a [tuning] table")
+        from gabench.aggregators import check_param_ranges
+
+        ranges = {}
+        for name, v in self.table(tk, spec["tuning"]).items():
+            if not (isinstance(v, list) and len(v) == 2):
+                raise self.error(_join(tk, name), f"expected [LOW, HIGH], got {_describe(v)}")
+            ranges[name] = (v[0], v[1])
+        try:
+            check_param_ranges(aggregator, ranges, tk)
+        except ConfigError as exc:
+            raise self.error(tk, f"{exc.value} is not allowed: expected {exc.allowed}") from None
+        return {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
 
     def pairs(self, methods: dict[str, dict[str, Any]]) -> dict[str, str]:
         """Each non-mean method -> the mean-aggregator method it is compared with."""
@@ -691,10 +718,13 @@ class _StudyReader:
         values: dict[str, tuple[Any, str]] = {}
         for layer in (defaults, fam["run"], meth["run"], meth["per_family"].get(flabel, {})):
             values.update(layer)
+        tuned: dict[str, tuple[Any, str]] = {}
         if meth["tuned"] is not None:
-            values.update(self.tuned(meth, mlabel, flabel))
+            tuned.update(self.tuned(meth, mlabel, flabel))
         if self.tuning is not None and resolve and self.resolve_tuned:
-            values.update(self.from_tuning(flabel, mlabel, point))
+            tuned.update(self.from_tuning(flabel, mlabel, point))
+        from_trial = tuned.pop(_TUNED_AGGREGATOR, None)
+        values.update(tuned)
         params = {k: (v, _join(_join(fam["key"], "params"), k)) for k, v in fam["params"].items()}
         setting: dict[str, Any] = {}
         for name, value, key in point:
@@ -705,6 +735,14 @@ class _StudyReader:
                 values[name] = (value, key)
         for name in METHOD_KEYS:
             values[name] = (meth[name], _join(meth["key"], name))
+        if from_trial is not None:  # the best trial's aggregator parameters (e.g. temperature)
+            found, where = from_trial
+            from gabench.aggregators import AGGREGATORS, RUN_PARAMS
+
+            names = {p.name for p in AGGREGATORS[meth["aggregator"]].param_specs()} - set(RUN_PARAMS)
+            found = {k: v for k, v in found.items() if k in names}
+            if found:
+                values["aggregator_params"] = ({**values["aggregator_params"][0], **found}, where)
         config = RunConfig(family=fam["family"], family_params={k: v for k, (v, _) in params.items()},
                            seed=seed, **{k: v for k, (v, _) in values.items()})
         try:
@@ -724,7 +762,9 @@ class _StudyReader:
             params = self.load_tuned(ref)
         except (ValueError, ImportError) as exc:
             raise self.error("tuning", f"{exc}; run `gabench tune --study {self.path}` first") from None
-        return {part: (float(params[part]), f"tuning (study {name!r})") for part in ("alpha", "beta")}
+        out = {part: (float(params[part]), f"tuning (study {name!r})") for part in ("alpha", "beta")}
+        out.update(_aggregator_part(params, f"tuning (study {name!r})"))
+        return out
 
     def tuned(self, meth: dict[str, Any], mlabel: str, flabel: str) -> dict[str, tuple[Any, str]]:
         t: Tuned = meth["tuned"]
@@ -744,7 +784,19 @@ class _StudyReader:
                 raise self.error(key, f"Optuna study {ref.study!r} has no parameter {part!r} "
                                  f"(its best trial has {', '.join(sorted(params)) or 'none'})")
             out[part] = (float(params[part]), f"{key} (study {ref.study!r})")
+        out.update(_aggregator_part(params, f"{key} (study {ref.study!r})"))
         return out
+
+
+#: Key under which :meth:`_StudyReader.tuned` and ``from_tuning`` pass a best trial's other parameters.
+_TUNED_AGGREGATOR = "__aggregator_params__"
+
+
+def _aggregator_part(params: dict[str, Any], where: str) -> dict[str, tuple[Any, str]]:
+    """The best trial's parameters other than alpha and beta (candidates for the method's
+    aggregator parameters; those its aggregator does not declare are not used)."""
+    other = {k: float(v) for k, v in params.items() if k not in ("alpha", "beta")}
+    return {_TUNED_AGGREGATOR: (other, where)} if other else {}
 
 
 def _grid_points(grid: dict[str, list[tuple[Any, str]]]) -> Iterator[list[tuple[str, Any, str]]]:

@@ -28,6 +28,7 @@ import optuna
 from gabench._errors import ConfigError, check_choice, check_int, check_positive
 from gabench._processes import StopRequest, Terminated, die_with_parent, sigterm_raises
 from gabench._redact import redact, scrub
+from gabench.aggregators import check_param_ranges
 from gabench.config import MAX_LEARNING_RATE, RunConfig
 from gabench.results import Summary
 from gabench.trainer import Callback, DivergedError, Trainer
@@ -66,6 +67,10 @@ class TuneConfig:
     """Integer range of inner steps to tune (None: keep the base value)."""
     meta_batch_range: tuple[int, int] | None = None
     """Log-integer range of the meta-batch size to tune (None: keep the base value)."""
+    aggregator_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Log-uniform ranges of parameters of the method's aggregator to tune with alpha and beta
+    (name -> (low, high); floating-point parameters only, e.g. ``{"temperature": (0.05, 20.0)}``
+    for ``ga-softmax``). The Optuna parameter has the aggregator parameter's name."""
     objective: str = "loss"
     """``loss``: minimise meta-val query loss after adaptation; ``acc``: maximise accuracy."""
     select: str = "best_val"
@@ -120,6 +125,7 @@ class TuneConfig:
                           ("--tune-meta-batch", self.meta_batch_range)):
             if rng is not None and not (check_int(name, rng[0]) < check_int(name, rng[1])):
                 raise ConfigError(name, f"{rng[0]} {rng[1]}", "LOW HIGH integers with 1 <= LOW < HIGH")
+        check_param_ranges(self.base.aggregator, self.aggregator_ranges, "--tune-aggregator-param")
         if self.base.eval_every == 0:
             raise ConfigError("--eval-every", 0, "an integer >= 1 (tuning needs meta-validation)")
         make_storage(self.storage)  # fails early on a bad URL or an unreachable database
@@ -264,6 +270,11 @@ def suggest_config(trial: optuna.Trial, tc: TuneConfig) -> RunConfig:
         changes["inner_steps"] = trial.suggest_int("inner_steps", *tc.inner_steps_range)
     if tc.meta_batch_range is not None:
         changes["meta_batch"] = trial.suggest_int("meta_batch", *tc.meta_batch_range, log=True)
+    if tc.aggregator_ranges:
+        params = dict(tc.base.aggregator_params)
+        for name, (lo, hi) in tc.aggregator_ranges.items():
+            params[name] = trial.suggest_float(name, lo, hi, log=True)
+        changes["aggregator_params"] = params
     return dataclasses.replace(tc.base, **changes)
 
 

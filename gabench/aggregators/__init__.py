@@ -32,9 +32,39 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     )
 }
 
-__all__ = ["AGGREGATORS", "OUTER_GRADIENTS", "UPDATES", "Aggregator", "AlignedMTLAggregator",
+#: Optuna parameter names that are run settings (an aggregator parameter cannot take them).
+RUN_PARAMS = ("alpha", "beta", "inner_steps", "meta_batch")
+
+
+def check_param_ranges(aggregator: str, ranges: dict[str, tuple[float, float]], param: str) -> None:
+    """For tuning: every name is a floating-point parameter of ``aggregator`` and every range
+    ``0 < LOW < HIGH`` (finite; sampled log-uniform).
+
+    Raises:
+        ConfigError: one line naming ``param``, the value and what is allowed.
+    """
+    import math
+
+    from gabench._errors import ConfigError
+
+    specs = AGGREGATORS[aggregator].param_specs()
+    floats = [s.name for s in specs if s.type is float and s.name not in RUN_PARAMS]
+    for name, rng in ranges.items():
+        if name not in floats:
+            allowed = (f"a floating-point parameter of aggregator {aggregator!r} ({', '.join(floats)})"
+                       if floats else
+                       f"nothing: aggregator {aggregator!r} has no floating-point parameter to tune")
+            raise ConfigError(param, name, allowed)
+        lo, hi = rng
+        ok = all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                 for x in (lo, hi))
+        if not (ok and 0 < lo < hi):
+            raise ConfigError(param, f"{name} [{lo}, {hi}]", "LOW < HIGH with 0 < LOW (log-uniform)")
+
+
+__all__ = ["AGGREGATORS", "OUTER_GRADIENTS", "RUN_PARAMS", "UPDATES", "Aggregator", "AlignedMTLAggregator",
            "CAGradAggregator", "ConFIGAggregator", "CosineAgreement", "DualProjAggregator",
            "GradientAgreement", "GradientAgreementTextbook", "IMTLGAggregator", "MGDAAggregator", "Mean",
            "PCGradAggregator", "PositiveAgreement", "SoftmaxAgreement", "TORCHJD_AGGREGATORS",
            "TorchJDAggregator",
-           "UPGradAggregator", "weight_stats"]
+           "UPGradAggregator", "check_param_ranges", "weight_stats"]

@@ -40,6 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="also tune the number of inner steps")
     g.add_argument("--tune-meta-batch", type=int, nargs=2, metavar=("LOW", "HIGH"),
                    help="also tune the meta-batch size (log scale)")
+    g.add_argument("--tune-aggregator-param", nargs=3, action="append", default=None,
+                   metavar=("NAME", "LOW", "HIGH"),
+                   help="also tune a floating-point parameter of the aggregator, log-uniform in [LOW, "
+                        "HIGH] (repeatable), e.g. temperature 0.05 20 for ga-softmax")
     g.add_argument("--objective", default="loss",
                    help="loss (minimise val query loss) or acc (maximise val accuracy)")
     g.add_argument("--select", default="best_val",
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     configs = [dataclasses.replace(base, **parse_method(m, "--methods")).validate() for m in methods]
     storage = args.storage or ("journal:optuna.journal" if args.workers > 1 else "sqlite:///optuna.db")
     prefix = args.study_name or base.family
+    aggregator_ranges = _aggregator_ranges(args.tune_aggregator_param)
     tracking_uri = tracking_uri_from_args(args)
     tcs = []
     for cfg in configs:
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             beta_range=tuple(args.beta_range),
             inner_steps_range=tuple(args.tune_inner_steps) if args.tune_inner_steps else None,
             meta_batch_range=tuple(args.tune_meta_batch) if args.tune_meta_batch else None,
+            aggregator_ranges=aggregator_ranges,
             objective=args.objective, select=args.select, sampler_seed=args.sampler_seed,
             prune_warmup=args.prune_warmup,
             tracking_uri=tracking_uri,
@@ -152,7 +158,8 @@ def run_study_tuning(args: argparse.Namespace) -> int:
     tcs = [TuneConfig(
         base=task.config, study_name=task.name, storage=t.storage, trials=t.trials, timeout=args.timeout,
         workers=args.workers, alpha_range=task.alpha_range, beta_range=task.beta_range,
-        objective=t.objective, select=t.select, sampler_seed=t.sampler_seed, prune_warmup=t.prune_warmup,
+        aggregator_ranges=task.aggregator_ranges, objective=t.objective, select=t.select,
+        sampler_seed=t.sampler_seed, prune_warmup=t.prune_warmup,
         tracking_uri=tracking_uri, experiment=args.experiment, out=Path(args.out) / task.name,
     ).validate() for task in tasks]
     print(f"{study.name}: {len(tcs)} Optuna studies (family x method), {t.trials} trials each, "
@@ -164,6 +171,20 @@ def run_study_tuning(args: argparse.Namespace) -> int:
     print(f"{study.name}: all {len(tcs)} studies hold {t.trials} trials; next: "
           f"gabench compare {args.study}", flush=True)
     return 0
+
+
+def _aggregator_ranges(given: list[list[str]] | None) -> dict[str, tuple[float, float]]:
+    """``--tune-aggregator-param NAME LOW HIGH`` (repeated) as name -> (low, high)."""
+    from gabench._errors import ConfigError
+
+    out: dict[str, tuple[float, float]] = {}
+    for name, lo, hi in given or []:
+        try:
+            out[name] = (float(lo), float(hi))
+        except ValueError:
+            raise ConfigError("--tune-aggregator-param", f"{name} {lo} {hi}",
+                              "NAME LOW HIGH with LOW and HIGH numbers") from None
+    return out
 
 
 def _clock(seconds: float) -> str:

@@ -284,6 +284,7 @@ def cell_summary(studies: pd.DataFrame, trials: pd.DataFrame, budget: int,
                     if best is not None:
                         pos = edge_position(row[p], low, high, bool(getattr(dist, "log", False)))
             row.update({f"{p}_low": low, f"{p}_high": high, f"{p}_pos": pos, f"{p}_edge": edge_flags(pos)})
+        row["other_params"] = _other_params(best) if best is not None else ""
         row["best_number"] = int(best["number"]) if best is not None else -1
         row["best_value"] = float(best["value"]) if best is not None else math.nan
         row["runs_match"] = None
@@ -295,6 +296,25 @@ def cell_summary(studies: pd.DataFrame, trials: pd.DataFrame, budget: int,
                                          and np.allclose(sel["beta"].astype(float), row["beta"], rtol=1e-9))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _other_params(best: pd.Series) -> str:
+    """``name=value (position; EDGE ...)`` for each tuned parameter of the best trial other than
+    alpha and beta (an aggregator's, e.g. ga-softmax's temperature), ``""`` when there is none."""
+    from optuna.distributions import json_to_distribution
+
+    params, dists = json.loads(best["params"]), json.loads(best["distributions"])
+    out = []
+    for name in sorted(set(params) - {"alpha", "beta"}):
+        text = f"{name}={_g(float(params[name]))}"
+        if name in dists:
+            dist = json_to_distribution(dists[name])
+            pos = edge_position(float(params[name]), float(dist.low), float(dist.high),
+                                bool(getattr(dist, "log", False)))
+            flag = edge_flags(pos)
+            text += f" ({pos:.2f}" + (f"; **EDGE** {flag}" if flag else "") + ")"
+        out.append(text)
+    return ", ".join(out)
 
 
 # ---------------------------------------------------------------------------- untuned counterpart
@@ -564,6 +584,7 @@ def tuning_section(data: Any, out_dir: Path) -> str:
 
     # per cell
     edges = cells[(cells["alpha_edge"] != "") | (cells["beta_edge"] != "")]
+    others = bool(cells.get("other_params", pd.Series("", index=cells.index)).astype(bool).any())
     rows = []
     for r in cells.itertuples():
         edge = ", ".join(f"**EDGE** {p} {getattr(r, f'{p}_edge')}" for p in ("alpha", "beta")
@@ -573,7 +594,7 @@ def tuning_section(data: Any, out_dir: Path) -> str:
                      f"{_g(r.best_value, 4)} (#{r.best_number})" if r.best_number >= 0 else "–",
                      f"{r.complete} / {r.pruned} / {r.fail}", budget_mark,
                      f"{r.alpha_pos:.2f} / {r.beta_pos:.2f}" if math.isfinite(r.alpha_pos) else "–",
-                     edge])
+                     edge] + ([r.other_params or "–"] if others else []))
     lines += ["### Tuned alpha and beta per cell", "",
               f"Best completed trial (its number), its value ({objective}), trials complete / pruned / "
               f"failed, finished (complete or pruned) trials against the budget of {budget}, and where the "
@@ -583,7 +604,8 @@ def tuning_section(data: Any, out_dir: Path) -> str:
               f"lie outside the range, so that range should be widened on that side and the cell tuned "
               f"again.", "",
               md_table(["family", "method", "alpha", "beta", "best value (trial)",
-                        "complete / pruned / failed", "finished", "position alpha / beta", "edge"], rows), ""]
+                        "complete / pruned / failed", "finished", "position alpha / beta", "edge"]
+                       + (["other tuned parameters (position)"] if others else []), rows), ""]
     if edges.empty:
         lines += ["No best value lies at an edge of its range.", ""]
     else:
