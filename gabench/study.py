@@ -244,7 +244,8 @@ class Study:
                         for k, (a, g, fo) in self.methods.items()},
             "pairs": self.pairs, "settings": self.settings,
             "tuning": None if self.tuning is None else dataclasses.asdict(self.tuning),
-            "archive": None if self.archive is None else str(self.archive),
+            # as the study file says (relative to it), so that no machine's path is recorded
+            "archive": None if self.archive is None else os.path.relpath(self.archive, self.path.parent),
             "runs": [{"run_id": r.run_id, "family_label": r.family_label,
                       "method_label": r.method_label, "setting": r.setting_label,
                       "seed": r.config.seed, "alpha": r.config.effective_alpha, "beta": r.config.beta,
@@ -353,6 +354,7 @@ class _StudyReader:
         self.resolve_tuned = resolve_tuned
         self.tuning: Tuning | None = None
         self.study_name = ""
+        self.method_ranges: dict[str, dict[str, tuple[float, float]]] = {}
 
     def error(self, key: str, problem: str) -> StudyError:
         return StudyError(self.path, key, problem)
@@ -617,6 +619,7 @@ class _StudyReader:
             out[name] = self.run_value(_join(key, name), name, spec.get(name, getattr(defaults, name)))
         out["run"] = self.run_settings(key, spec, (*METHOD_KEYS, "baseline", "tuned", "families", "tuning"))
         out["tuning"] = self.method_tuning(key, spec, out["aggregator"])
+        self.method_ranges[label] = out["tuning"]
         self.untuned(key, out["run"])
         if self.tuning is not None and "tuned" in spec:
             raise self.error(_join(key, "tuned"), "this study's [tuning] table tunes every method; remove it")
@@ -762,6 +765,12 @@ class _StudyReader:
             params = self.load_tuned(ref)
         except (ValueError, ImportError) as exc:
             raise self.error("tuning", f"{exc}; run `gabench tune --study {self.path}` first") from None
+        missing = [k for k in self.method_ranges.get(mlabel, {}) if k not in params]
+        if missing:
+            raise self.error(_join(_join("methods", mlabel), "tuning"),
+                             f"the best trial of Optuna study {name!r} has no parameter {missing[0]!r} "
+                             "(tuned before the range was added): delete that study from the storage and run "
+                             f"`gabench tune --study {self.path}` again")
         out = {part: (float(params[part]), f"tuning (study {name!r})") for part in ("alpha", "beta")}
         out.update(_aggregator_part(params, f"tuning (study {name!r})"))
         return out
@@ -795,7 +804,8 @@ _TUNED_AGGREGATOR = "__aggregator_params__"
 def _aggregator_part(params: dict[str, Any], where: str) -> dict[str, tuple[Any, str]]:
     """The best trial's parameters other than alpha and beta (candidates for the method's
     aggregator parameters; those its aggregator does not declare are not used)."""
-    other = {k: float(v) for k, v in params.items() if k not in ("alpha", "beta")}
+    other = {k: float(v) for k, v in params.items()
+             if k not in ("alpha", "beta") and isinstance(v, int | float) and not isinstance(v, bool)}
     return {_TUNED_AGGREGATOR: (other, where)} if other else {}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -182,3 +183,84 @@ def test_the_archive_path_is_relative_to_the_study_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert str(load_study("studies/tiny.toml").archive) == "reports/tiny/data"
     assert load_study(path).archive == tmp_path / "reports" / "tiny" / "data"
+
+
+def test_a_compare_where_no_run_finishes_leaves_no_archive_and_ends_normally(tmp_path, monkeypatch, capsys):
+    from gabench.trainer import Trainer
+
+    def fit(self):
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    code, out = _compare(study_file(tmp_path, ARCHIVED), tmp_path / "runs", capsys)
+    assert code == 1 and "4 run(s) failed" in out.err and "Traceback" not in out.err
+    assert not (tmp_path / "reports" / "tiny" / "data" / "data.json").exists()
+
+
+def test_a_redo_stopped_half_way_leaves_no_run_of_the_old_configuration(tmp_path, monkeypatch, capsys):
+    from gabench.trainer import Trainer
+
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    _compare(path, tmp_path / "runs", capsys)
+    shutil.rmtree(tmp_path / "runs")
+    path.write_text(path.read_text().replace("steps = 3", "steps = 4"))
+    original = Trainer.fit
+
+    def fit(self):
+        if self.seed == 1:
+            raise RuntimeError("stopped")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    code, _ = _compare(path, tmp_path / "runs", capsys, "--redo-changed")
+    assert code == 1
+    data = rd.read_report_data(archive)
+    assert sorted(data.configs) == ["sine__maml+ga__s0", "sine__maml__s0"]  # the steps=3 runs left
+    assert {c["steps"] for c in data.configs.values()} == {4}
+    assert sorted(data.failures) == ["sine__maml+ga__s1", "sine__maml__s1"]
+    assert data.curves.groupby("run")["step"].max().eq(4).all()
+
+
+def test_a_report_read_before_a_compare_added_runs_does_not_take_them_out(tmp_path, capsys):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    run_study(load_study(path), tmp_path / "runs")
+    stale = load_tables(path)  # read, then another machine's compare adds a seed
+    path.write_text(path.read_text().replace("seeds = 2", "seeds = 3"))
+    run_study(load_study(path), tmp_path / "runs2")
+    from gabench.reporting import build_report
+
+    build_report(stale, tmp_path / "reports" / "tiny", "gabench report x")
+    assert len(_archived_runs(archive)) == 6 and len(rd.read_report_data(archive).runs) == 6
+
+
+def test_listed_runs_without_rows_do_not_count(tmp_path):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    run_study(load_study(path), tmp_path / "runs")
+    configs = json.loads((archive / rd.RUN_CONFIGS).read_text())
+    configs["sine__maml__s7"] = configs["sine__maml__s1"]  # e.g. a merge that kept the other side's tables
+    (archive / rd.RUN_CONFIGS).write_text(json.dumps(configs))
+    assert "sine__maml__s7" not in rd.read_report_data(archive).configs
+
+
+def test_the_archive_records_paths_relative_to_the_study_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "studies").mkdir()
+    text = TINY_STUDY.replace('seeds = 2\n', 'seeds = 2\narchive = "../reports/tiny/data"\n')
+    study_file(tmp_path / "studies", text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "studies/tiny.toml", "--no-tracking"]) == 0
+    meta = json.loads((tmp_path / "reports" / "tiny" / "data" / "study.json").read_text())
+    assert meta["archive"] == "../reports/tiny/data" and str(tmp_path) not in json.dumps(meta)
+    # a study directory finds its archive; a finished run the archive lacks is reported on stderr
+    configs = json.loads((tmp_path / "reports" / "tiny" / "data" / rd.RUN_CONFIGS).read_text())
+    del configs["sine__maml__s1"]
+    (tmp_path / "reports" / "tiny" / "data" / rd.RUN_CONFIGS).write_text(json.dumps(configs))
+    capsys.readouterr()
+    assert rd.resolve_source("tiny") == Path("reports/tiny/data")
+    err = capsys.readouterr().err
+    assert "1 finished run(s) in runs/tiny are not in its archive" in err and "sine__maml__s1" in err
+    # a copy of the archive is read as it is, not redirected to the live one
+    shutil.copytree(tmp_path / "reports" / "tiny" / "data", tmp_path / "copy")
+    assert rd.resolve_source(tmp_path / "copy") == tmp_path / "copy"

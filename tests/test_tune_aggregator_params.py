@@ -156,3 +156,10 @@ def test_the_tuning_report_shows_the_tuned_aggregator_parameter_with_its_positio
     assert cells.loc[0, "other_params"] == "temperature=19 (0.99; **EDGE** high)"
     plain = trials.assign(params='{"alpha": 0.1, "beta": 0.01}')
     assert cell_summary(studies, plain, budget=2).loc[0, "other_params"] == ""
+
+
+def test_a_cell_tuned_before_its_aggregator_range_was_added_is_refused(tmp_path):
+    with pytest.raises(StudyError, match=r"maml\+softmax.*tuning: the best trial of Optuna study "
+                                         r"'tt__sine__maml\+softmax' has no parameter 'temperature'"):
+        load_study(study_file(tmp_path, SOFTMAX, "tt.toml"),
+                   load_tuned=lambda ref: {"alpha": 0.1, "beta": 0.01})

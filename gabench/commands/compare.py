@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     rebuilt = not any(line.startswith(f"{table}:") for line in out.storage_errors)
     print(f"{out.finished}/{out.planned} runs finished; table: {table}"
           + ("" if rebuilt else " (not rebuilt: no space left)")
-          + (f"; archive: {study.archive}/ (gabench report reads it)" if study.archive is not None else ""))
+          + (f"; archive: {study.archive}/ (gabench report reads it)"
+             if study.archive is not None and not any(line.startswith(f"{study.archive}:")
+                                                      for line in out.storage_errors) else ""))
     if tracking_uri is not None:
         from gabench._redact import redact
 

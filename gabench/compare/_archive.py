@@ -58,9 +58,12 @@ def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> i
     """Add the runs finished in ``study_dir`` that ``study.archive`` lacks (or holds with another
     configuration) to the archive; returns how many were added.
 
-    ``failures`` (run id -> reason, this compare's) are merged into the archive's ``failed.json``;
-    a run that finished since leaves it. The archive's ``study.json`` becomes the study
-    directory's (the plan), with the provenance of every archived run.
+    An archived run whose configuration the plan no longer has (a compare with
+    ``--redo-changed`` redoes it) leaves the archive at once, so that a report never mixes two
+    configurations of one run. Runs of the archive that are not in the plan (an earlier, larger
+    plan) stay. ``failures`` (run id -> reason, this compare's) are merged into the archive's
+    ``failed.json``; a run that finished since leaves it. The archive's ``study.json`` becomes
+    the study directory's (the plan), with the provenance of every archived run.
     """
     from gabench.reporting import _data as rd  # the report's tables (imported late: matplotlib)
 
@@ -68,40 +71,44 @@ def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> i
     assert archive is not None
     archive.mkdir(parents=True, exist_ok=True)
     with rd.data_lock(archive):
-        configs = archived_configs(archive)
-        old = rd.read_report_data(archive) if configs else None
+        rd.remove_partial_files(archive)
+        archived_configs(archive)  # refuses a data/ directory that is not an archive
+        old = rd.read_report_data(archive, locked=True) if (archive / rd.RUN_CONFIGS).is_file() else None
+        configs = dict(old.configs) if old is not None else {}
+        planned = {r.run_id: r for r in study.runs}
+        stale = {k for k, v in configs.items() if k in planned and config_diff(v, planned[k].config)}
         new_ids, results, weights, recorded = [], [], [], {}
         for run in study.runs:
+            config = read_json(study_dir / run.run_id / "config.json").get("config")
+            if config is None or (configs.get(run.run_id) == config and run.run_id not in stale):
+                continue  # not finished here, or archived already (its tables are not read)
             state, tables = _check_run(study_dir / run.run_id, run.config, pd.read_parquet)
             if state != "finished" or tables is None:
-                continue
-            config = read_json(study_dir / run.run_id / "config.json").get("config")
-            if configs.get(run.run_id) == config:
                 continue
             new_ids.append(run.run_id)
             results.append(tables[0])
             weights.append(tables[1])
             recorded[run.run_id] = config
-        meta = read_json(study_dir / "study.json")
-        known = set(configs) | set(recorded)
+        keep = set(configs) - stale - set(new_ids)
+        known = keep | set(new_ids)
         merged_failures = {k: v for k, v in {**(old.failures if old else {}), **failures}.items()
                            if k not in known}
-        if not new_ids and old is not None and merged_failures == old.failures:
+        if old is None and not new_ids:
+            return 0  # nothing finished yet: no archive (failures stay in the study directory)
+        if old is not None and not new_ids and not stale and merged_failures == old.failures:
             return 0
+        parts = [old.only(keep)] if old is not None else []
         if new_ids:
             res = rd._with_study_columns(pd.concat(results, ignore_index=True), study.name)
             wts = pd.concat(weights, ignore_index=True)
-            new = rd.summarise(rd.StudyTables(study.name, study_dir, res, wts))
+            parts.append(rd.summarise(rd.StudyTables(study.name, study_dir, res, wts)))
+        meta = read_json(study_dir / "study.json")
         commits = {**(old.meta.get("run_commits", {}) if old else {}), **meta.get("run_commits", {})}
         meta["run_commits"] = {k: v for k, v in commits.items() if k in known}
-        parts = [old.only(set(configs) - set(new_ids))] if old is not None else []
-        if new_ids:
-            parts.append(new)
         tables = {name: pd.concat([getattr(p, name) for p in parts], ignore_index=True)
                   for name in rd._TABLES}
         merged = rd.ReportData(study.name, archive, meta=meta, failures=merged_failures,
-                            extra=old.extra if old else {},
-                            configs={**{k: v for k, v in configs.items() if k not in recorded}, **recorded},
-                            **tables)
+                               extra=old.extra if old else {},
+                               configs={**{k: configs[k] for k in keep}, **recorded}, **tables)
         merged.write_locked(archive)
     return len(new_ids)

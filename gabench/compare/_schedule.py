@@ -15,7 +15,7 @@ from gabench._atomic import read_json, write_json
 from gabench._errors import ConfigError, StorageFullError, check_int
 from gabench._provenance import git_commit
 from gabench.compare._archive import archived_configs, archived_state, update_archive
-from gabench.compare._execute import execute_run
+from gabench.compare._execute import execute_run, one_line
 from gabench.compare._signals import sigterm_stops, worker_init
 from gabench.compare._state import (
     config_diff,
@@ -156,6 +156,20 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                     storage_errors.append(str(exc))
                 return None
 
+        def archive_runs() -> None:
+            """Add the finished runs to the study's archive; a failure is one line, not the end."""
+            if study.archive is None:
+                return
+            try:
+                update_archive(study, study_dir, failures)
+            except StorageFullError:
+                raise
+            except Exception as exc:  # the runs stay in study_dir and the next compare archives them
+                line = (f"{study.archive}: archive not updated ({one_line(exc)}); the finished runs stay in "
+                        f"{study_dir}/ and the next compare archives them")
+                if line not in storage_errors:
+                    storage_errors.append(line)
+
         ran = 0
         start = last_rebuild = time.monotonic()
         try:
@@ -174,8 +188,7 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 if time.monotonic() - last_rebuild > REBUILD_EVERY_S:  # `gabench report` meanwhile
                     keep_going(lambda: rebuild_table(study, study_dir))
                     keep_going(write_meta)
-                    if study.archive is not None:
-                        keep_going(lambda: update_archive(study, study_dir, failures))
+                    keep_going(archive_runs)
                     last_rebuild = time.monotonic()
         finally:
             # on a full disk each of these keeps its previous file (written atomically) and
@@ -183,8 +196,7 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
             finished = keep_going(lambda: rebuild_table(study, study_dir))
             keep_going(lambda: write_json(study_dir / "failed.json", failures))
             keep_going(write_meta)
-            if study.archive is not None:
-                keep_going(lambda: update_archive(study, study_dir, failures))
+            keep_going(archive_runs)
             if finished is None:
                 finished = sum(run_state(study_dir / r.run_id, r.config) == "finished" for r in study.runs)
             finished += in_archive

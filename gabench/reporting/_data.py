@@ -192,9 +192,20 @@ class ReportData:
             write_parquet(out / f"{name}.parquet", table)
         write_json(out / "study.json", self.meta)
         write_json(out / "failed.json", self.failures)
-        if self.configs or before is not None:
-            write_json(configs_file, self.configs)
         write_json(out / "data.json", {"format": DATA_FORMAT, "name": self.name, "extra": sorted(self.extra)})
+        if self.configs or before is not None:
+            write_json(configs_file, self.configs)  # last: from here on the new runs count
+
+    def write_extras(self, out: Path) -> None:
+        """Add this report's extra tables (e.g. the tuning tables) to ``out`` without touching the
+        runs' tables: for a report made from the archive it is written into (a compare may have
+        added runs since it was read)."""
+        with data_lock(out):
+            for name, table in self.extra.items():
+                write_parquet(out / f"{name}.parquet", table)
+            info = _read_json(out / "data.json", {})
+            extra = sorted(set(info.get("extra", [])) | set(self.extra))
+            write_json(out / "data.json", {**info, "format": DATA_FORMAT, "name": self.name, "extra": extra})
 
     def only(self, run_ids: set[str]) -> ReportData:
         """A copy holding the rows of ``run_ids`` only (meta, failures and extras kept)."""
@@ -202,6 +213,12 @@ class ReportData:
                 .reset_index(drop=True) for name in _TABLES}
         return ReportData(self.name, self.source, meta=self.meta, failures=self.failures, extra=self.extra,
                           configs={k: v for k, v in self.configs.items() if k in run_ids}, **keep)
+
+
+def remove_partial_files(directory: Path) -> None:
+    """Temporary files of writes that were cut short (``.NAME.tmp-PID``); call under the lock."""
+    for entry in directory.glob(".*.tmp-*"):
+        entry.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -227,6 +244,8 @@ def resolve_source(source: str | Path, runs_root: str | Path = "runs") -> Path:
     """
     path = Path(source)
     if path.is_dir():
+        if (path / "data.json").is_file():
+            return path  # a data/ directory (an archive, or a copy of one) is read as it is
         if (path / "data" / "data.json").is_file() and not (path / "results.parquet").is_file():
             return path / "data"
         return _archive_of(path) or path
@@ -235,6 +254,8 @@ def resolve_source(source: str | Path, runs_root: str | Path = "runs") -> Path:
 
         study = load_study(path, resolve_tuned=False)
         if study.archive is not None and (study.archive / "data.json").is_file():
+            if (Path(runs_root) / study.name).is_dir():
+                _archive_of(Path(runs_root) / study.name)  # warns about runs not archived yet
             return study.archive
         return Path(runs_root) / study.name
     candidate = Path(runs_root) / str(source)
@@ -246,12 +267,27 @@ def resolve_source(source: str | Path, runs_root: str | Path = "runs") -> Path:
 
 
 def _archive_of(study_dir: Path) -> Path | None:
-    """The archive that a study directory's ``study.json`` names, when it exists."""
+    """The archive that a study directory's ``study.json`` names (relative to the study file),
+    when it exists. Warns on stderr about finished runs of the directory that the archive lacks
+    (a compare stopped before it archived them): the report leaves them out."""
     meta = _read_json(study_dir / "study.json", {})
-    archive = meta.get("archive") if isinstance(meta, dict) else None
-    if isinstance(archive, str) and (Path(archive) / "data.json").is_file():
-        return Path(archive)
-    return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("archive"), str):
+        return None
+    archive = Path(os.path.normpath(Path(str(meta.get("file", ""))).parent / meta["archive"]))
+    if not (archive / "data.json").is_file():
+        return None
+    listed = _read_json(archive / RUN_CONFIGS, {}) if (archive / RUN_CONFIGS).is_file() else {}
+    local = {p.parent.name: _read_json(p, {}).get("config") for p in study_dir.glob("*/config.json")}
+    missing = sorted(k for k, v in local.items() if (k not in listed or listed[k] != v)
+                     and (study_dir / k / "results.parquet").is_file())
+    if missing:
+        import sys
+
+        print(f"warning: {len(missing)} finished run(s) in {study_dir} are not in its archive {archive} "
+              f"(e.g. {missing[0]}; a compare stopped before archiving them): the report leaves them out; "
+              f"rerun the same `gabench compare` to archive them without running them again",
+              file=sys.stderr)
+    return archive
 
 
 def check_not_an_archive(target: Path, data: ReportData) -> None:
@@ -317,9 +353,17 @@ def read_raw_tables(path: Path, source: str | Path | None = None) -> StudyTables
     return StudyTables(meta.get("name", path.name), path, results, weights, meta, failures, extra)
 
 
-def read_report_data(path: str | Path) -> ReportData:
-    """Read a report's ``data/`` directory written by :meth:`ReportData.write`."""
+def read_report_data(path: str | Path, locked: bool = False) -> ReportData:
+    """Read a report's ``data/`` directory written by :meth:`ReportData.write`.
+
+    An archive is read under its lock (unless the caller holds it: ``locked``), so that a
+    compare adding runs meanwhile cannot leave a torn copy; only the runs its
+    ``run_configs.json`` lists and whose rows are there count.
+    """
     path = Path(path)
+    if not locked and (path / RUN_CONFIGS).is_file() and (path / ".lock").is_file():
+        with data_lock(path):
+            return read_report_data(path, locked=True)
     info = _read_json(path / "data.json", {})
     if info.get("format") != DATA_FORMAT:
         raise ConfigError("source", str(path), f"a data directory of format {DATA_FORMAT!r} (data.json says "
@@ -338,6 +382,8 @@ def read_report_data(path: str | Path) -> ReportData:
         configs = _read_json(path / RUN_CONFIGS, {})
         if not isinstance(configs, dict):
             raise ConfigError("source", str(path / RUN_CONFIGS), "a JSON object of run id -> configuration")
+        present = set(data.runs["run"].astype(str))
+        configs = {k: v for k, v in configs.items() if k in present}  # listed, and its rows are there
         data = data.only(set(configs))
         data.configs = configs
     return data

@@ -640,7 +640,10 @@ def build_report(data: ReportData | StudyTables, out_dir: str | Path, command: s
     for old in out.glob("*.png"):
         old.unlink()
     r = _Sections(data, out, command, seed)
-    data.write(out / "data")
+    if Path(data.source).resolve() == (out / "data").resolve() and data.configs:
+        data.write_extras(out / "data")  # the archive it was read from: a compare may have added runs
+    else:
+        data.write(out / "data")
     r.comp[an.COMPARISON_COLUMNS].to_csv(out / "comparisons.csv", index=False)
     parts = [r.header(), r.findings()]
     for section in extra_sections or []:
