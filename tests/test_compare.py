@@ -79,6 +79,8 @@ def test_rebuilding_the_table_reads_each_run_table_once_and_gives_the_same_table
         after = pd.read_parquet(study_dir / name)
         expected = frame[frame["run"] != "sine__maml__s1"].reset_index(drop=True)
         pd.testing.assert_frame_equal(after, expected)
+        # streamed one run at a time (memory holds one run's tables, not the study's)
+        assert pq.ParquetFile(study_dir / name).metadata.num_row_groups == 3
 
 
 def test_resume_after_interruption_counts_each_run_once(tmp_path):

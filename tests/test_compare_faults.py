@@ -172,15 +172,15 @@ def test_a_full_disk_while_writing_a_run_fails_that_run_in_one_line_and_a_rerun_
 
 def test_a_full_disk_while_writing_the_study_table_keeps_the_runs_and_a_rerun_rebuilds_it(
         tmp_path, monkeypatch, capsys):
-    original = pd.DataFrame.to_parquet
+    from gabench.compare import _state
 
-    def to_parquet(self, target, *args, **kwargs):
-        if Path(target).name.startswith((".results.parquet.tmp-", ".weights.parquet.tmp-")):
-            Path(target).write_bytes(b"PAR1 half")  # a partial file, then the disk is full
-            raise _no_space(target)
-        return original(self, target, *args, **kwargs)
+    original = _state._Streamed.add
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    def add(self, frame):  # the study table is streamed run by run into a temporary file
+        self.tmp.write_bytes(b"PAR1 half")  # a partial file, then the disk is full
+        raise _no_space(self.tmp)
+
+    monkeypatch.setattr(_state._Streamed, "add", add)
     path, out = study_file(tmp_path), tmp_path / "runs"
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
     study_dir = out / "tiny"
@@ -195,7 +195,7 @@ def test_a_full_disk_while_writing_the_study_table_keeps_the_runs_and_a_rerun_re
     assert not [p for p in study_dir.iterdir() if ".tmp-" in p.name]
     assert json.loads((study_dir / "failed.json").read_text()) == {}
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", original)
+    monkeypatch.setattr(_state._Streamed, "add", original)
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
     assert "4 finished already, 0 to run" in capsys.readouterr().err
     assert len(set(run_ids_in_table(study_dir))) == 4

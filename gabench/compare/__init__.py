@@ -26,6 +26,7 @@ study table on disk), :mod:`~gabench.compare._signals` (SIGTERM in the parent an
 study's archive: compact summaries of its finished runs that outlive the machine).
 """
 
+from gabench._atomic import write_parquet
 from gabench.compare._archive import archived_configs, archived_state, update_archive
 from gabench.compare._execute import execute_run, label_tables, one_line, train_planned
 from gabench.compare._schedule import REBUILD_EVERY_S, CompareResult, run_study
@@ -36,7 +37,6 @@ from gabench.compare._state import (
     config_diff,
     rebuild_table,
     run_state,
-    write_parquet,
 )
 from gabench.compare._tracking import CallbacksFor, TrackRuns, no_callbacks
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from gabench._atomic import write_parquet
-from gabench._errors import ConfigError
+from gabench._atomic import _raise_if_full
+from gabench._errors import ConfigError, StorageFullError
 from gabench.config import RunConfig
 from gabench.results import RESULT_COLUMNS, WEIGHT_COLUMNS
 from gabench.study import Study
@@ -115,19 +115,64 @@ def study_lock(study_dir: Path) -> Iterator[None]:
 def rebuild_table(study: Study, study_dir: Path) -> int:
     """Concatenate the finished runs of the plan into ``results.parquet`` and ``weights.parquet``.
 
-    Returns the number of finished runs. Files are replaced atomically.
+    Returns the number of finished runs. The tables are streamed to disk one run at a time (one
+    row group per run), so memory holds one run's tables, not the study's (the weights of a
+    large study run to tens of GB in memory). Files are replaced atomically.
     """
-    results, weights = [], []
-    for run in study.runs:
-        state, tables = _check_run(study_dir / run.run_id, run.config, pd.read_parquet)
-        if state != "finished" or tables is None:
-            continue
-        results.append(tables[0])
-        weights.append(tables[1])
     columns = [*RESULT_COLUMNS, *STUDY_COLUMNS]
-    res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=columns)
-    wts = pd.concat(weights, ignore_index=True) if weights else pd.DataFrame(columns=list(WEIGHT_COLUMNS))
-    # runs written before a column existed (e.g. ``select``) get it empty
-    write_parquet(study_dir / "results.parquet", res.reindex(columns=columns))
-    write_parquet(study_dir / "weights.parquet", wts[list(WEIGHT_COLUMNS)])
-    return len(results)
+    finished = 0
+    # results.parquet is completed first (the inner block): on a full disk neither table is replaced
+    with _Streamed(study_dir / "weights.parquet", list(WEIGHT_COLUMNS)) as wts, \
+            _Streamed(study_dir / "results.parquet", columns) as res:
+        for run in study.runs:
+            state, tables = _check_run(study_dir / run.run_id, run.config, pd.read_parquet)
+            if state != "finished" or tables is None:
+                continue
+            # runs written before a column existed (e.g. ``select``) get it empty
+            res.add(tables[0].reindex(columns=columns))
+            wts.add(tables[1][list(WEIGHT_COLUMNS)])
+            finished += 1
+    return finished
+
+
+class _Streamed:
+    """A parquet file written one frame at a time into a temporary file, renamed into place on
+    success (removed on failure; a full disk becomes :class:`~gabench._errors.StorageFullError`).
+    The schema is the first frame's (columns of unknown type taken as strings)."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def __enter__(self) -> _Streamed:
+        return self
+
+    def add(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            schema = pa.Schema.from_pandas(frame, preserve_index=False)
+            self.schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f
+                                     for f in schema])
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.writer.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if self.writer is not None:
+                self.writer.close()
+            if exc is None:
+                if self.writer is None:
+                    pd.DataFrame(columns=self.columns).to_parquet(self.tmp, index=False)
+                os.replace(self.tmp, self.path)
+                return
+        except Exception as err:
+            self.tmp.unlink(missing_ok=True)  # a partial file would hold on to the space that ran out
+            _raise_if_full(err, self.path)
+            raise
+        self.tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, StorageFullError):
+            _raise_if_full(exc, self.path)  # a full disk while adding a run: one line naming this file
