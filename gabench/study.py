@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
 import re
@@ -129,6 +130,13 @@ class Tuned:
     storage: str
     study: str
     min_trials: int = 0
+    setup: str | None = None
+    """JSON of the setup the trials must have run under (:func:`gabench._tuning_setup.expected_setup`;
+    a study file's ``[tuning]`` cell), None: not checked."""
+
+
+class TunedElsewhere(ValueError):
+    """The Optuna study's finished trials ran under another setup than the one asked for."""
 
 
 #: Keys of a study's ``[tuning]`` table, and those a family's ``tuning`` table may override.
@@ -307,36 +315,69 @@ def load_study(path: str | Path, *, load_tuned: Callable[[Tuned], dict[str, floa
 
 
 def best_params(tuned: Tuned) -> dict[str, float]:
-    """``alpha`` and ``beta`` of the best trial of an Optuna study (optuna imported lazily)."""
-    return dict(_best_params(tuned.storage, tuned.study, tuned.min_trials))
+    """``alpha`` and ``beta`` (and any other tuned parameter) of the best trial of an Optuna
+    study, which must hold ``tuned.min_trials`` finished trials run under ``tuned.setup``
+    (optuna imported lazily).
+
+    Raises:
+        ValueError: no such storage or study, too few trials, or no completed trial.
+        TunedElsewhere: the trials ran under another setup.
+    """
+    finished, params, recorded = _study_record(tuned.storage, tuned.study)
+    where = f"Optuna study {tuned.study!r} in {_redacted(tuned.storage)}"
+    if finished < tuned.min_trials:
+        raise ValueError(f"{where} holds {finished} of its {tuned.min_trials} trials (tuning not finished)")
+    if tuned.setup is not None:
+        from gabench._tuning_setup import setup_changes
+        from gabench.tuning import run_defaults
+
+        changes = setup_changes(None if recorded is None else json.loads(recorded), json.loads(tuned.setup),
+                                run_defaults())
+        if changes:
+            raise TunedElsewhere(f"{where} was tuned under another setup ({'; '.join(changes)})")
+    if isinstance(params, str):
+        raise ValueError(f"{where}: {params}")
+    return dict(params)
+
+
+def _redacted(storage: str) -> str:
+    from gabench._redact import redact
+
+    return redact(storage)
 
 
 @cache
-def _best_params(storage: str, study: str, min_trials: int = 0) -> tuple[tuple[str, float], ...]:
-    import optuna
-
-    from gabench._redact import redact
+def _open_storage(storage: str) -> Any:
+    """The Optuna storage at ``storage``, opened once per process (a journal file is replayed
+    once, not once per study: the tuned study's 45 cells took 30 s to load otherwise)."""
     from gabench.tuning import make_storage
 
     try:  # the storages `gabench tune` writes, journal:PATH included; reading creates nothing
-        opened = make_storage(storage, create=False)
+        return make_storage(storage, create=False)
     except ConfigError as exc:
-        raise ValueError(f"cannot open Optuna storage {redact(storage)!r} (expected {exc.allowed})") from None
+        raise ValueError(f"cannot open Optuna storage {_redacted(storage)!r} "
+                         f"(expected {exc.allowed})") from None
+
+
+def _study_record(storage: str, study: str) -> tuple[int, tuple[tuple[str, float], ...] | str, str | None]:
+    """(finished trials, the best trial's parameters or why there is none, the JSON of the setup
+    the finished trials ran under) of one Optuna study, as the storage holds it now."""
+    import optuna
+
+    from gabench.tuning import FINISHED, study_setup
+
+    opened = _open_storage(storage)
     try:
         loaded = optuna.load_study(study_name=study, storage=opened)
     except KeyError:
-        raise ValueError(f"no Optuna study {study!r} in {redact(storage)} (not tuned yet)") from None
-    from gabench.tuning import FINISHED
-
+        raise ValueError(f"no Optuna study {study!r} in {_redacted(storage)} (not tuned yet)") from None
     finished = len(loaded.get_trials(deepcopy=False, states=FINISHED))
-    if finished < min_trials:
-        raise ValueError(f"Optuna study {study!r} in {redact(storage)} holds {finished} of its "
-                         f"{min_trials} trials (tuning not finished)")
     try:
-        params = loaded.best_params
+        params: tuple[tuple[str, float], ...] | str = tuple(sorted(loaded.best_params.items()))
     except ValueError as exc:  # e.g. no completed trial yet
-        raise ValueError(f"Optuna study {study!r} in {redact(storage)}: {exc}") from None
-    return tuple(sorted(params.items()))
+        params = str(exc)
+    recorded = study_setup(loaded)
+    return finished, params, None if recorded is None else json.dumps(recorded, sort_keys=True)
 
 
 class _StudyReader:
@@ -355,6 +396,7 @@ class _StudyReader:
         self.tuning: Tuning | None = None
         self.study_name = ""
         self.method_ranges: dict[str, dict[str, tuple[float, float]]] = {}
+        self.tasks_by_name: dict[str, TuningTask] = {}
 
     def error(self, key: str, problem: str) -> StudyError:
         return StudyError(self.path, key, problem)
@@ -436,9 +478,10 @@ class _StudyReader:
             raise self.error("methods", "empty; declare at least one [methods.<label>] table")
         fams = {label: self.family(label, spec) for label, spec in families.items()}
         meths = {label: self.method(label, spec, list(fams)) for label, spec in methods.items()}
+        tasks = [] if self.tuning is None else self.tuning_tasks(defaults, grid, fams, meths)
+        self.tasks_by_name = {t.name: t for t in tasks}
         runs = self.expand(name, seeds, defaults, grid, fams, meths)
         pairs = self.pairs(meths)
-        tasks = [] if self.tuning is None else self.tuning_tasks(defaults, grid, fams, meths)
         return Study(
             name=name, path=self.path, description=description, seeds=seeds, families=list(fams),
             methods={k: (m["algorithm"], m["aggregator"], m["first_order"]) for k, m in meths.items()},
@@ -760,9 +803,12 @@ class _StudyReader:
         """Alpha and beta of the best trial of this cell's ``[tuning]`` study."""
         assert self.tuning is not None
         name = self.tuning_name(flabel, mlabel, point)
-        ref = Tuned(self.tuning.storage, name, self.tuning.trials)
+        ref = Tuned(self.tuning.storage, name, self.tuning.trials, self.expected_setup(name))
         try:
             params = self.load_tuned(ref)
+        except TunedElsewhere as exc:
+            raise self.error("tuning", f"{exc}; run `gabench tune --study {self.path} --retune-changed` "
+                             "first") from None
         except (ValueError, ImportError) as exc:
             raise self.error("tuning", f"{exc}; run `gabench tune --study {self.path}` first") from None
         missing = [k for k in self.method_ranges.get(mlabel, {}) if k not in params]
@@ -774,6 +820,16 @@ class _StudyReader:
         out = {part: (float(params[part]), f"tuning (study {name!r})") for part in ("alpha", "beta")}
         out.update(_aggregator_part(params, f"tuning (study {name!r})"))
         return out
+
+    def expected_setup(self, name: str) -> str:
+        """JSON of the setup the trials of this study's tuning cell ``name`` must have run under."""
+        from gabench._tuning_setup import expected_setup
+
+        assert self.tuning is not None
+        task = self.tasks_by_name[name]
+        ranges = {"alpha": task.alpha_range, "beta": task.beta_range, **task.aggregator_ranges}
+        return json.dumps(expected_setup(task.config.to_dict(), self.tuning.objective, self.tuning.select,
+                                         ranges), sort_keys=True)
 
     def tuned(self, meth: dict[str, Any], mlabel: str, flabel: str) -> dict[str, tuple[Any, str]]:
         t: Tuned = meth["tuned"]

@@ -28,6 +28,7 @@ import optuna
 from gabench._errors import ConfigError, check_choice, check_int, check_positive
 from gabench._processes import StopRequest, Terminated, die_with_parent, sigterm_raises
 from gabench._redact import redact, scrub
+from gabench._tuning_setup import expected_setup, recorded_setup, setup_changes
 from gabench.aggregators import check_param_ranges
 from gabench.config import MAX_LEARNING_RATE, RunConfig
 from gabench.results import Summary
@@ -97,6 +98,9 @@ class TuneConfig:
     """MLflow experiment of the study."""
     out: Path | None = None
     """Directory for trials.csv, best.json and the plots (None: no local copy)."""
+    retune_changed: bool = False
+    """A study whose finished trials ran under another setup (see :func:`study_changes`) is
+    deleted and tuned again from scratch (False: refused with the differences)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TuneConfig:
@@ -568,6 +572,77 @@ def counted_trials(study: optuna.Study) -> int:
                                 states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
 
 
+# --------------------------------------------------------------------------- setup checks
+def tuned_ranges(tc: TuneConfig) -> dict[str, tuple[float, float]]:
+    """Optuna parameter name -> (low, high) of everything ``tc`` tunes."""
+    ranges: dict[str, tuple[float, float]] = {"alpha": tc.alpha_range, "beta": tc.beta_range}
+    if tc.inner_steps_range is not None:
+        ranges["inner_steps"] = tc.inner_steps_range
+    if tc.meta_batch_range is not None:
+        ranges["meta_batch"] = tc.meta_batch_range
+    ranges.update(tc.aggregator_ranges)
+    return ranges
+
+
+def expected_tuning_setup(tc: TuneConfig) -> dict[str, Any]:
+    """The setup ``tc`` asks for (see :mod:`gabench._tuning_setup`)."""
+    return expected_setup(tc.base.to_dict(), tc.objective, tc.select, tuned_ranges(tc))
+
+
+def study_setup(study: optuna.Study) -> dict[str, Any] | None:
+    """The setup the study's finished trials ran under (None: no finished trial)."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    return recorded_setup(study.user_attrs, (t.distributions for t in trials))
+
+
+def run_defaults() -> dict[str, Any]:
+    """Every run setting's default (for studies recorded before a setting existed)."""
+    out = {}
+    for f in dataclasses.fields(RunConfig):
+        out[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    return out
+
+
+def study_changes(study: optuna.Study, tc: TuneConfig) -> list[str]:
+    """How ``tc``'s setup differs from the one the study's finished trials ran under: run
+    settings (steps, family parameters, outlier fraction, ...; not alpha, beta, the meta-test
+    or the device), objective, selection and search ranges. [] when the same, or no trial has
+    finished."""
+    return setup_changes(study_setup(study), expected_tuning_setup(tc), run_defaults())
+
+
+def changed_studies(tcs: list[TuneConfig]) -> list[tuple[str, int, list[str]]]:
+    """The existing studies among ``tcs`` tuned under another setup: (name, finished trials,
+    changes). Reads only: a storage that does not exist yet holds none."""
+    out = []
+    opened: dict[str, optuna.storages.BaseStorage | None] = {}
+    for tc in tcs:
+        if tc.storage not in opened:
+            try:
+                opened[tc.storage] = make_storage(tc.storage, create=False)
+            except ConfigError:
+                opened[tc.storage] = None
+        storage = opened[tc.storage]
+        if storage is None:
+            continue
+        try:
+            study = optuna.load_study(study_name=tc.study_name, storage=storage)
+        except KeyError:
+            continue
+        changes = study_changes(study, tc)
+        if changes:
+            out.append((tc.study_name, finished_trials(study), changes))
+    return out
+
+
+def _changed_error(name: str, finished: int, changes: list[str],
+                   others: list[str] | None = None) -> ConfigError:
+    more = f" ({len(others)} more studies changed: {', '.join(others)})" if others else ""
+    return ConfigError("--retune-changed", False, (
+        f"it to tune Optuna study {name!r} again: its {finished} finished trials ran under another "
+        f"setup ({'; '.join(changes)}), and new trials would not be comparable with them{more}"))
+
+
 # --------------------------------------------------------------------------- study
 def tune(tc: TuneConfig) -> optuna.Study:
     """Create or resume the study, run the trials (in ``workers`` processes), report the best.
@@ -576,6 +651,8 @@ def tune(tc: TuneConfig) -> optuna.Study:
     finished trials the study should hold, so an interrupted study is completed, not restarted.
     Trials left RUNNING by a process that died are marked FAIL first (no heartbeat for
     ``stale_after_s``); SIGTERM stops the workers, whose running trials are marked FAIL.
+    A study whose finished trials ran under another setup (:func:`study_changes`) is refused,
+    or with ``retune_changed`` deleted and tuned again from scratch.
     """
     tc.validate()
     _quiet_optuna()
@@ -587,7 +664,17 @@ def tune(tc: TuneConfig) -> optuna.Study:
         raise ConfigError("--objective", tc.objective,
                           f"the direction study {tc.study_name!r} was created with "
                           f"({study.direction.name.lower()})")
-    if not study.user_attrs.get("base_config"):
+    changes = study_changes(study, tc)
+    if changes:
+        finished = finished_trials(study)
+        if not tc.retune_changed:
+            raise _changed_error(tc.study_name, finished, changes)
+        optuna.delete_study(study_name=tc.study_name, storage=storage)
+        print(f"[{tc.study_name}] deleted its {finished} finished trials, which ran under another setup "
+              f"({'; '.join(changes)}); tuning it again from scratch", flush=True)
+        study = optuna.create_study(storage=storage, study_name=tc.study_name, direction=direction,
+                                    sampler=make_sampler(tc), pruner=make_pruner(tc))
+    if not study.user_attrs.get("base_config") or not finished_trials(study):
         study.set_user_attr("base_config", tc.base.to_dict())
         study.set_user_attr("objective", tc.objective)
         study.set_user_attr("select", tc.select)

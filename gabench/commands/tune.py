@@ -55,6 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--prune-warmup", type=int, default=2, metavar="N",
                    help="validations after the one at step 0 that every trial completes before the "
                         "median pruner may stop it (2)")
+    g.add_argument("--retune-changed", action="store_true",
+                   help="delete and tune again from scratch any existing study whose finished trials "
+                        "ran under another setup (other steps, family parameters, search ranges, "
+                        "objective, ...); without it such a study is refused, naming the differences")
     g.add_argument("--out", default="tuning", help="where each study's trials.csv, best.json "
                    "and plots go (tuning/<study>/)")
     g = p.add_argument_group("a study file's tuning protocol")
@@ -74,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 #: Options that may accompany --study (the file sets every other one).
 STUDY_OPTIONS = ("study", "families", "methods", "workers", "timeout", "out", "tracking_uri",
-                 "experiment", "no_tracking")
+                 "experiment", "no_tracking", "retune_changed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
             aggregator_ranges=aggregator_ranges,
             objective=args.objective, select=args.select, sampler_seed=args.sampler_seed,
             prune_warmup=args.prune_warmup,
-            tracking_uri=tracking_uri,
+            tracking_uri=tracking_uri, retune_changed=args.retune_changed,
             experiment=args.experiment, out=Path(args.out) / name,
         ).validate())
+    check_changed(tcs)
     if len(tcs) > 1:
         print(f"tuning {len(tcs)} methods with the same budget ({args.trials} trials"
               f"{f', {args.timeout} s' if args.timeout else ''}), sampler seed and task seeds: "
@@ -161,7 +166,9 @@ def run_study_tuning(args: argparse.Namespace) -> int:
         aggregator_ranges=task.aggregator_ranges, objective=t.objective, select=t.select,
         sampler_seed=t.sampler_seed, prune_warmup=t.prune_warmup,
         tracking_uri=tracking_uri, experiment=args.experiment, out=Path(args.out) / task.name,
+        retune_changed=args.retune_changed,
     ).validate() for task in tasks]
+    check_changed(tcs)
     print(f"{study.name}: {len(tcs)} Optuna studies (family x method), {t.trials} trials each, "
           f"sampler seed {t.sampler_seed}, task seed {t.seed}, storage {t.storage}", flush=True)
     start = time.monotonic()
@@ -171,6 +178,22 @@ def run_study_tuning(args: argparse.Namespace) -> int:
     print(f"{study.name}: all {len(tcs)} studies hold {t.trials} trials; next: "
           f"gabench compare {args.study}", flush=True)
     return 0
+
+
+def check_changed(tcs: list) -> None:
+    """Before any trial runs: refuse existing studies tuned under another setup (unless
+    ``--retune-changed``, which names the studies it will tune again)."""
+    from gabench.tuning import _changed_error, changed_studies
+
+    changed = changed_studies(tcs)
+    if not changed:
+        return
+    if not tcs[0].retune_changed:
+        name, finished, changes = changed[0]
+        raise _changed_error(name, finished, changes, [n for n, _, _ in changed[1:]])
+    for name, finished, changes in changed:
+        print(f"{name}: {finished} finished trials ran under another setup ({'; '.join(changes)}); "
+              "it will be tuned again from scratch", flush=True)
 
 
 def _aggregator_ranges(given: list[list[str]] | None) -> dict[str, tuple[float, float]]:
