@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+#: Resolves a run configuration's plug-in parameters (defaults filled in, strings parsed) given
+#: the names the sampler sets; see :func:`gabench.tuning.resolved_config`.
+Resolver = Callable[[Mapping[str, Any], set[str]], Mapping[str, Any]]
 
 #: Run settings that do not change what a trial measures: the sampler replaces alpha and beta;
 #: the meta-test (test_tasks) is not run inside tuning; eval_batch only chunks evaluation; and
@@ -22,7 +26,8 @@ IGNORED = ("alpha", "beta", "test_tasks", "eval_batch", "device")
 
 
 def expected_setup(config: Mapping[str, Any], objective: str, select: str,
-                   ranges: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+                   ranges: Mapping[str, tuple[float, float]],
+                   resolve: Resolver | None = None) -> dict[str, Any]:
     """The setup a tuning request asks for, as plain JSON values.
 
     Args:
@@ -31,20 +36,26 @@ def expected_setup(config: Mapping[str, Any], objective: str, select: str,
         select: ``best_val`` or ``final``.
         ranges: Optuna parameter name -> (low, high): alpha and beta, and any tuned inner steps,
             meta-batch or aggregator parameter.
+        resolve: Fills in the plug-ins' defaults, so that ``{}`` and the default values compare
+            equal (None: compared as written).
     """
+    if resolve is not None:
+        config = resolve(config, set(ranges))
     return _plain({"config": _tunable_removed(config, ranges), "objective": objective,
                    "select": select, "ranges": {k: [lo, hi] for k, (lo, hi) in ranges.items()}})
 
 
-def recorded_setup(user_attrs: Mapping[str, Any],
-                   distributions: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The setup an Optuna study's finished trials ran under (None: no finished trial).
+def recorded_setup(user_attrs: Mapping[str, Any], distributions: Iterable[Mapping[str, Any]],
+                   resolve: Resolver | None = None) -> dict[str, Any] | None:
+    """The setup an Optuna study's trials ran under (None: no trial to compare with).
 
     Args:
         user_attrs: The study's user attributes (``base_config``, ``objective``, ``select``, as
             :func:`gabench.tuning.tune` records them when it creates the study).
-        distributions: Each finished trial's ``distributions`` (name -> an Optuna distribution
-            with ``low`` and ``high``).
+        distributions: The ``distributions`` (name -> an Optuna distribution with ``low`` and
+            ``high``) of each trial that counts: finished ones, and those running now (whose
+            process recorded the setup when it created the study).
+        resolve: As for :func:`expected_setup`.
     """
     seen: list[dict[str, list[float]]] = []
     for dists in distributions:
@@ -55,6 +66,8 @@ def recorded_setup(user_attrs: Mapping[str, Any],
         return None
     names = {k for r in seen for k in r}
     config = user_attrs.get("base_config") or {}
+    if resolve is not None:
+        config = resolve(config, names)
     return _plain({"config": _tunable_removed(config, dict.fromkeys(names)),
                    "objective": user_attrs.get("objective", "loss"),
                    "select": user_attrs.get("select", "best_val"),
@@ -133,6 +146,8 @@ def _show(value: Any) -> str:
         return "[" + ", ".join(_show(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, str):
+        return repr(value)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}={_show(v)}" for k, v in value.items()) + "}"
     return str(value)

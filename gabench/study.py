@@ -70,6 +70,7 @@ planned configuration is not run again, and ``gabench report`` reads the archive
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -78,7 +79,6 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -311,30 +311,40 @@ def load_study(path: str | Path, *, load_tuned: Callable[[Tuned], dict[str, floa
         raise StudyError(path, "", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(path, "", f"is not valid TOML ({exc})") from None
-    return _StudyReader(path, load_tuned or best_params, resolve_tuned).parse(raw)
+    # each storage is opened (a journal replayed) once per load, not once per cell
+    loader = load_tuned or functools.partial(best_params, storages={})
+    return _StudyReader(path, loader, resolve_tuned).parse(raw)
 
 
-def best_params(tuned: Tuned) -> dict[str, float]:
+def best_params(tuned: Tuned, storages: dict[str, Any] | None = None) -> dict[str, float]:
     """``alpha`` and ``beta`` (and any other tuned parameter) of the best trial of an Optuna
     study, which must hold ``tuned.min_trials`` finished trials run under ``tuned.setup``
     (optuna imported lazily).
+
+    Args:
+        tuned: The study and what it must hold.
+        storages: Storages already opened, by URL (this call adds the one it opens); None: open
+            it for this call only.
 
     Raises:
         ValueError: no such storage or study, too few trials, or no completed trial.
         TunedElsewhere: the trials ran under another setup.
     """
-    finished, params, recorded = _study_record(tuned.storage, tuned.study)
+    if storages is None:
+        storages = {}
+    if tuned.storage not in storages:
+        storages[tuned.storage] = _open_storage(tuned.storage)
+    finished, params, recorded = _study_record(storages[tuned.storage], tuned.storage, tuned.study)
     where = f"Optuna study {tuned.study!r} in {_redacted(tuned.storage)}"
-    if finished < tuned.min_trials:
-        raise ValueError(f"{where} holds {finished} of its {tuned.min_trials} trials (tuning not finished)")
-    if tuned.setup is not None:
+    if tuned.setup is not None:  # before the budget: a changed cell is retuned, not resumed
         from gabench._tuning_setup import setup_changes
         from gabench.tuning import run_defaults
 
-        changes = setup_changes(None if recorded is None else json.loads(recorded), json.loads(tuned.setup),
-                                run_defaults())
+        changes = setup_changes(recorded, json.loads(tuned.setup), run_defaults())
         if changes:
             raise TunedElsewhere(f"{where} was tuned under another setup ({'; '.join(changes)})")
+    if finished < tuned.min_trials:
+        raise ValueError(f"{where} holds {finished} of its {tuned.min_trials} trials (tuning not finished)")
     if isinstance(params, str):
         raise ValueError(f"{where}: {params}")
     return dict(params)
@@ -346,10 +356,8 @@ def _redacted(storage: str) -> str:
     return redact(storage)
 
 
-@cache
 def _open_storage(storage: str) -> Any:
-    """The Optuna storage at ``storage``, opened once per process (a journal file is replayed
-    once, not once per study: the tuned study's 45 cells took 30 s to load otherwise)."""
+    """The Optuna storage at ``storage``, for reading (creates nothing)."""
     from gabench.tuning import make_storage
 
     try:  # the storages `gabench tune` writes, journal:PATH included; reading creates nothing
@@ -359,14 +367,14 @@ def _open_storage(storage: str) -> Any:
                          f"(expected {exc.allowed})") from None
 
 
-def _study_record(storage: str, study: str) -> tuple[int, tuple[tuple[str, float], ...] | str, str | None]:
-    """(finished trials, the best trial's parameters or why there is none, the JSON of the setup
-    the finished trials ran under) of one Optuna study, as the storage holds it now."""
+def _study_record(opened: Any, storage: str,
+                  study: str) -> tuple[int, tuple[tuple[str, float], ...] | str, dict[str, Any] | None]:
+    """(finished trials, the best trial's parameters or why there is none, the setup its trials
+    ran under) of one Optuna study in the opened ``storage``, as it holds it now."""
     import optuna
 
     from gabench.tuning import FINISHED, study_setup
 
-    opened = _open_storage(storage)
     try:
         loaded = optuna.load_study(study_name=study, storage=opened)
     except KeyError:
@@ -376,8 +384,7 @@ def _study_record(storage: str, study: str) -> tuple[int, tuple[tuple[str, float
         params: tuple[tuple[str, float], ...] | str = tuple(sorted(loaded.best_params.items()))
     except ValueError as exc:  # e.g. no completed trial yet
         params = str(exc)
-    recorded = study_setup(loaded)
-    return finished, params, None if recorded is None else json.dumps(recorded, sort_keys=True)
+    return finished, params, study_setup(loaded)
 
 
 class _StudyReader:
@@ -824,12 +831,13 @@ class _StudyReader:
     def expected_setup(self, name: str) -> str:
         """JSON of the setup the trials of this study's tuning cell ``name`` must have run under."""
         from gabench._tuning_setup import expected_setup
+        from gabench.tuning import resolved_config
 
         assert self.tuning is not None
         task = self.tasks_by_name[name]
         ranges = {"alpha": task.alpha_range, "beta": task.beta_range, **task.aggregator_ranges}
         return json.dumps(expected_setup(task.config.to_dict(), self.tuning.objective, self.tuning.select,
-                                         ranges), sort_keys=True)
+                                         ranges, resolved_config), sort_keys=True)
 
     def tuned(self, meth: dict[str, Any], mlabel: str, flabel: str) -> dict[str, tuple[Any, str]]:
         t: Tuned = meth["tuned"]

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -30,7 +30,7 @@ from gabench._processes import StopRequest, Terminated, die_with_parent, sigterm
 from gabench._redact import redact, scrub
 from gabench._tuning_setup import expected_setup, recorded_setup, setup_changes
 from gabench.aggregators import check_param_ranges
-from gabench.config import MAX_LEARNING_RATE, RunConfig
+from gabench.config import MAX_LEARNING_RATE, RUN_SETTINGS, RunConfig
 from gabench.results import Summary
 from gabench.trainer import Callback, DivergedError, Trainer
 
@@ -584,15 +584,39 @@ def tuned_ranges(tc: TuneConfig) -> dict[str, tuple[float, float]]:
     return ranges
 
 
+def resolved_config(config: Mapping[str, Any], tuned: set[str]) -> dict[str, Any]:
+    """A run configuration (``RunConfig.to_dict()``) with its plug-ins' parameters resolved: the
+    family's and the aggregator's defaults filled in and strings parsed (so ``{}`` and
+    ``{shots: 10}`` compare equal when 10 is the default), and ``eval_inner_steps`` unset read as
+    ``inner_steps`` (unless the sampler sets the inner steps). Left as given where it cannot be
+    built (a family or aggregator this version no longer has)."""
+    out = dict(config)
+    try:
+        cfg = RunConfig.from_dict({k: v for k, v in config.items() if k in RUN_SETTINGS})
+        from gabench.tasks import make_family
+
+        out["family_params"] = make_family(cfg.family, cfg.family_params).config()
+        out["aggregator_params"] = cfg.build_aggregator().config()
+    except Exception:  # noqa: BLE001 - compared as written instead
+        return out
+    if out.get("eval_inner_steps") is None and "inner_steps" not in tuned:
+        out["eval_inner_steps"] = cfg.inner_steps
+    return out
+
+
 def expected_tuning_setup(tc: TuneConfig) -> dict[str, Any]:
     """The setup ``tc`` asks for (see :mod:`gabench._tuning_setup`)."""
-    return expected_setup(tc.base.to_dict(), tc.objective, tc.select, tuned_ranges(tc))
+    return expected_setup(tc.base.to_dict(), tc.objective, tc.select, tuned_ranges(tc), resolved_config)
+
+
+#: The trials whose setup counts: finished ones and those running now.
+COUNTED = (*FINISHED, optuna.trial.TrialState.RUNNING)
 
 
 def study_setup(study: optuna.Study) -> dict[str, Any] | None:
-    """The setup the study's finished trials ran under (None: no finished trial)."""
-    trials = study.get_trials(deepcopy=False, states=FINISHED)
-    return recorded_setup(study.user_attrs, (t.distributions for t in trials))
+    """The setup the study's trials ran under (None: no finished or running trial)."""
+    trials = study.get_trials(deepcopy=False, states=COUNTED)
+    return recorded_setup(study.user_attrs, (t.distributions for t in trials), resolved_config)
 
 
 def run_defaults() -> dict[str, Any]:
@@ -604,10 +628,10 @@ def run_defaults() -> dict[str, Any]:
 
 
 def study_changes(study: optuna.Study, tc: TuneConfig) -> list[str]:
-    """How ``tc``'s setup differs from the one the study's finished trials ran under: run
-    settings (steps, family parameters, outlier fraction, ...; not alpha, beta, the meta-test
-    or the device), objective, selection and search ranges. [] when the same, or no trial has
-    finished."""
+    """How ``tc``'s setup differs from the one the study's trials ran under: run settings
+    (steps, family parameters, outlier fraction, ...; not alpha, beta, the meta-test or the
+    device), objective, selection and search ranges. [] when the same, or no trial has finished
+    or is running."""
     return setup_changes(study_setup(study), expected_tuning_setup(tc), run_defaults())
 
 
@@ -631,16 +655,53 @@ def changed_studies(tcs: list[TuneConfig]) -> list[tuple[str, int, list[str]]]:
             continue
         changes = study_changes(study, tc)
         if changes:
-            out.append((tc.study_name, finished_trials(study), changes))
+            out.append((tc.study_name, len(study.get_trials(deepcopy=False, states=COUNTED)), changes))
     return out
 
 
-def _changed_error(name: str, finished: int, changes: list[str],
-                   others: list[str] | None = None) -> ConfigError:
-    more = f" ({len(others)} more studies changed: {', '.join(others)})" if others else ""
-    return ConfigError("--retune-changed", False, (
-        f"it to tune Optuna study {name!r} again: its {finished} finished trials ran under another "
-        f"setup ({'; '.join(changes)}), and new trials would not be comparable with them{more}"))
+class SetupChangedError(ConfigError):
+    """Optuna studies whose trials ran under another setup than the one asked for (one line)."""
+
+    def __init__(self, changed: list[tuple[str, int, list[str]]]) -> None:
+        self.changed = changed
+        parts = [f"Optuna study {name!r}: its {n} trials ran under another setup ({'; '.join(ch)})"
+                 for name, n, ch in changed]
+        message = "; ".join(parts) + ("; new trials would not be comparable with them: rerun with "
+                                      "--retune-changed to delete them and tune again from scratch")
+        ConfigError.__init__(self, "--retune-changed", False, message)
+        ValueError.__init__(self, message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.changed,))
+
+
+def _retune_if_changed(tc: TuneConfig, storage: optuna.storages.BaseStorage) -> None:
+    """Before the study is created or resumed: if it exists and its trials ran under another
+    setup, refuse (:class:`SetupChangedError`), or under ``retune_changed`` delete it, which
+    is refused while any of its trials is running elsewhere (stale ones are reaped first)."""
+    try:
+        study = optuna.load_study(study_name=tc.study_name, storage=storage)
+    except KeyError:
+        return
+    changes = study_changes(study, tc)
+    if not changes:
+        return
+    counted = len(study.get_trials(deepcopy=False, states=COUNTED))
+    if not tc.retune_changed:
+        raise SetupChangedError([(tc.study_name, counted, changes)])
+    reap_stale_trials(study, tc.stale_after_s)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if running:
+        raise ConfigError("--retune-changed", True, (
+            f"no trial running on Optuna study {tc.study_name!r} before it is deleted ({len(running)} "
+            f"are: stop the tuner that runs them, or wait until their heartbeat is {tc.stale_after_s:.0f} s "
+            "old if their process died)"))
+    optuna.delete_study(study_name=tc.study_name, storage=storage)
+    print(f"[{tc.study_name}] deleted its {counted} trials, which ran under another setup "
+          f"({'; '.join(changes)}); tuning it again from scratch", flush=True)
 
 
 # --------------------------------------------------------------------------- study
@@ -658,23 +719,16 @@ def tune(tc: TuneConfig) -> optuna.Study:
     _quiet_optuna()
     direction = OBJECTIVES[tc.objective][1]
     storage = make_storage(tc.storage)
+    _retune_if_changed(tc, storage)
     study = optuna.create_study(storage=storage, study_name=tc.study_name, direction=direction,
                                 sampler=make_sampler(tc), pruner=make_pruner(tc), load_if_exists=True)
     if study.direction.name.lower() != direction:
         raise ConfigError("--objective", tc.objective,
                           f"the direction study {tc.study_name!r} was created with "
                           f"({study.direction.name.lower()})")
-    changes = study_changes(study, tc)
-    if changes:
-        finished = finished_trials(study)
-        if not tc.retune_changed:
-            raise _changed_error(tc.study_name, finished, changes)
-        optuna.delete_study(study_name=tc.study_name, storage=storage)
-        print(f"[{tc.study_name}] deleted its {finished} finished trials, which ran under another setup "
-              f"({'; '.join(changes)}); tuning it again from scratch", flush=True)
-        study = optuna.create_study(storage=storage, study_name=tc.study_name, direction=direction,
-                                    sampler=make_sampler(tc), pruner=make_pruner(tc))
-    if not study.user_attrs.get("base_config") or not finished_trials(study):
+    if not study.user_attrs.get("base_config") or not study.get_trials(deepcopy=False, states=COUNTED):
+        # a new study, or one whose trials all failed: the setup is this one's (never while
+        # another process's trials are running: they ran under the setup recorded)
         study.set_user_attr("base_config", tc.base.to_dict())
         study.set_user_attr("objective", tc.objective)
         study.set_user_attr("select", tc.select)

@@ -16,7 +16,15 @@ from gabench._tuning_setup import expected_setup, recorded_setup, setup_changes
 from gabench.commands import main
 from gabench.config import RunConfig
 from gabench.study import StudyError, load_study
-from gabench.tuning import TuneConfig, make_storage, run_defaults, study_changes, tune
+from gabench.tuning import (
+    SetupChangedError,
+    TuneConfig,
+    expected_tuning_setup,
+    make_storage,
+    run_defaults,
+    study_changes,
+    tune,
+)
 
 
 @dataclasses.dataclass
@@ -116,7 +124,7 @@ def test_resuming_under_other_steps_is_refused_and_nothing_runs(tmp_path):
 def test_retune_changed_deletes_the_old_trials_and_tunes_from_scratch(tmp_path, capsys):
     tune(_tc(tmp_path, alpha_range=(0.01, 1.0)))
     study = tune(_tc(tmp_path, alpha_range=(0.001, 1.0), retune_changed=True))
-    assert "deleted its 2 finished trials" in capsys.readouterr().out
+    assert "deleted its 2 trials" in capsys.readouterr().out
     assert len(study.trials) == 2
     alpha = {(t.distributions["alpha"].low, t.distributions["alpha"].high) for t in study.trials}
     assert alpha == {(0.001, 1.0)}
@@ -124,6 +132,50 @@ def test_retune_changed_deletes_the_old_trials_and_tunes_from_scratch(tmp_path, 
     # an unchanged study is left alone by --retune-changed
     again = tune(_tc(tmp_path, alpha_range=(0.001, 1.0), retune_changed=True))
     assert [t.params for t in again.trials] == [t.params for t in study.trials]
+
+
+def test_plug_in_defaults_written_out_or_left_unset_are_the_same_setup(tmp_path):
+    tune(_tc(tmp_path))
+    storage = make_storage(f"journal:{tmp_path / 'j.journal'}", create=False)
+    study = optuna.load_study(study_name="s", storage=storage)
+    for tc in (_tc(tmp_path, family_params={"shots": 10}),    # sine's default, written out
+               _tc(tmp_path, family_params={"shots": "10"}),  # as -P shots=10 gives it
+               _tc(tmp_path, eval_inner_steps=1)):            # what unset means (inner_steps)
+        assert study_changes(study, tc) == []
+    (change,) = study_changes(study, _tc(tmp_path, family_params={"shots": 5}))
+    assert change.startswith("family_params {") and "shots=10" in change and "shots=5}" in change
+    assert study_changes(study, _tc(tmp_path, eval_inner_steps=3)) == ["eval_inner_steps 1 -> 3"]
+
+
+def test_a_changed_objective_is_retuned_in_the_new_direction(tmp_path):
+    tune(_tc(tmp_path, family="linear-binary"))
+    with pytest.raises(SetupChangedError, match="objective loss -> acc"):
+        tune(_tc(tmp_path, family="linear-binary", objective="acc"))
+    study = tune(_tc(tmp_path, family="linear-binary", objective="acc", retune_changed=True))
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and len(study.trials) == 2
+    assert study.user_attrs["objective"] == "acc"
+
+
+def test_a_running_trial_of_another_setup_counts_and_is_never_deleted_under_it(tmp_path):
+    old = _tc(tmp_path)
+    storage = make_storage(old.storage)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.set_user_attr("base_config", old.base.to_dict())
+    trial = study.ask()  # another process's trial, running now (fresh)
+    trial.suggest_float("alpha", *old.alpha_range, log=True)
+    trial.suggest_float("beta", *old.beta_range, log=True)
+    new = _tc(tmp_path, steps=8)
+    assert study_changes(study, new) == ["steps 4 -> 8"]
+    with pytest.raises(SetupChangedError, match="its 1 trials ran under another setup"):
+        tune(new)
+    with pytest.raises(ConfigError, match="no trial running on Optuna study 's'"):
+        tune(_tc(tmp_path, steps=8, retune_changed=True))
+    assert [t.state for t in optuna.load_study(study_name="s", storage=storage).trials] == [
+        optuna.trial.TrialState.RUNNING]
+    # the same setup joins the running study and leaves its recorded setup alone
+    joined = tune(_tc(tmp_path, trials=2))
+    assert joined.user_attrs["base_config"] == old.base.to_dict()
+    assert expected_tuning_setup(old) == expected_tuning_setup(_tc(tmp_path))
 
 
 @pytest.mark.slow
@@ -163,3 +215,8 @@ def test_a_study_file_whose_budget_changed_is_refused_by_compare_and_retuned_cel
     study = load_study(path)
     assert {r.config.steps for r in study.runs if r.family_label == "sine"} == {8}
     assert json.loads(json.dumps(study.summary()))["name"] == "tt"
+    # each load reads the storage as it is then (nothing is cached between loads)
+    sine.add_trial(optuna.trial.create_trial(params={"alpha": 0.0123, "beta": 0.00123},
+                                             distributions=sine.trials[0].distributions, value=-1.0))
+    again = load_study(path)
+    assert {r.config.alpha for r in again.runs if r.run_id.startswith("sine__maml__")} == {0.0123}

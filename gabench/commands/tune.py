@@ -183,16 +183,15 @@ def run_study_tuning(args: argparse.Namespace) -> int:
 def check_changed(tcs: list) -> None:
     """Before any trial runs: refuse existing studies tuned under another setup (unless
     ``--retune-changed``, which names the studies it will tune again)."""
-    from gabench.tuning import _changed_error, changed_studies
+    from gabench.tuning import SetupChangedError, changed_studies
 
     changed = changed_studies(tcs)
     if not changed:
         return
     if not tcs[0].retune_changed:
-        name, finished, changes = changed[0]
-        raise _changed_error(name, finished, changes, [n for n, _, _ in changed[1:]])
-    for name, finished, changes in changed:
-        print(f"{name}: {finished} finished trials ran under another setup ({'; '.join(changes)}); "
+        raise SetupChangedError(changed)
+    for name, counted, changes in changed:
+        print(f"{name}: {counted} trials ran under another setup ({'; '.join(changes)}); "
               "it will be tuned again from scratch", flush=True)
 
 
