@@ -103,7 +103,9 @@ class TuneConfig:
     deleted and tuned again from scratch (False: refused with the differences)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> TuneConfig:
+    def validate(self, open_storage: bool = True) -> TuneConfig:
+        """Check every field; ``open_storage`` also opens (and creates) the storage, failing early
+        on a bad URL or an unreachable database (False: for readers that create nothing)."""
         self.base.validate()
         if self.trials is None and self.timeout is None:
             raise ConfigError("--trials", None, "a number of trials, or a --timeout")
@@ -132,7 +134,8 @@ class TuneConfig:
         check_param_ranges(self.base.aggregator, self.aggregator_ranges, "--tune-aggregator-param")
         if self.base.eval_every == 0:
             raise ConfigError("--eval-every", 0, "an integer >= 1 (tuning needs meta-validation)")
-        make_storage(self.storage)  # fails early on a bad URL or an unreachable database
+        if open_storage:
+            make_storage(self.storage)  # fails early on a bad URL or an unreachable database
         return self
 
 
@@ -676,6 +679,38 @@ class SetupChangedError(ConfigError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.changed,))
+
+
+def cell_states(tcs: list[TuneConfig]) -> list[tuple[str, str]]:
+    """For ``gabench tune --study --plan``: each study's state as (text, kind), kind one of
+    ``missing``, ``partial``, ``tuned`` and ``changed``; reads only (nothing is created)."""
+    out = []
+    opened: dict[str, optuna.storages.BaseStorage | None] = {}
+    for tc in tcs:
+        if tc.storage not in opened:
+            try:
+                opened[tc.storage] = make_storage(tc.storage, create=False)
+            except ConfigError:
+                opened[tc.storage] = None
+        storage = opened[tc.storage]
+        try:
+            study = None if storage is None else optuna.load_study(study_name=tc.study_name, storage=storage)
+        except KeyError:
+            study = None
+        if study is None:
+            out.append((f"not started (0 of {tc.trials} trials)", "missing"))
+            continue
+        changes = study_changes(study, tc)
+        if changes:
+            out.append((f"tuned under another setup ({'; '.join(changes)}): --retune-changed", "changed"))
+            continue
+        done = finished_trials(study)
+        running = counted_trials(study) - done
+        extra = f", {running} running" if running else ""
+        full = tc.trials is not None and done >= tc.trials
+        out.append((f"{done} of {tc.trials} trials{extra}" + (" (tuned)" if full else ""),
+                    "tuned" if full else "partial"))
+    return out
 
 
 def _retune_if_changed(tc: TuneConfig, storage: optuna.storages.BaseStorage) -> None:

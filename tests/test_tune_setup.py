@@ -178,6 +178,17 @@ def test_a_running_trial_of_another_setup_counts_and_is_never_deleted_under_it(t
     assert expected_tuning_setup(old) == expected_tuning_setup(_tc(tmp_path))
 
 
+def test_plan_of_a_study_not_tuned_yet_creates_nothing(tmp_path, capsys):
+    path = study_file(tmp_path, TUNED_STUDY, "tt.toml")
+    assert main(["tune", "--study", str(path), "--plan"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "tt__sine__maml\tnot started (0 of 2 trials)"
+    assert out[-1] == "0 of 4 Optuna studies hold their 2 trials"
+    assert not (tmp_path / "tt.journal").exists()
+    assert main(["tune", "--plan"]) == 2
+    assert "--plan=True" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_study_file_whose_budget_changed_is_refused_by_compare_and_retuned_cell_by_cell(
         tmp_path, monkeypatch, capsys):
@@ -200,6 +211,12 @@ def test_a_study_file_whose_budget_changed_is_refused_by_compare_and_retuned_cel
     assert main(["tune", "--study", str(path), "--no-tracking"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tt__sine__maml'" in err and "tt__sine__maml+ga" in err
+    assert (tmp_path / "tt.journal").read_bytes() == journal
+    assert main(["tune", "--study", str(path), "--plan"]) == 0
+    plan = capsys.readouterr().out.splitlines()
+    assert plan[0] == "tt__sine__maml\ttuned under another setup (steps 6 -> 8): --retune-changed"
+    assert plan[2] == "tt__linear-binary__maml\t2 of 2 trials (tuned)"
+    assert plan[-1] == "2 of 4 Optuna studies hold their 2 trials"
     assert (tmp_path / "tt.journal").read_bytes() == journal
     journal_url = f"journal:{tmp_path / 'tt.journal'}"
     lb = {t.number: t.params for t in optuna.load_study(

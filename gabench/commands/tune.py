@@ -69,6 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "--methods, --out and tracking options may be added")
     g.add_argument("--families", default=None,
                    help="with --study: comma-separated family labels to tune (default all)")
+    g.add_argument("--plan", action="store_true",
+                   help="with --study: print each cell's Optuna study and its state (trials finished "
+                        "of the budget, running, or tuned under another setup) and exit; reads only")
     # no --no-plots: trials never draw per-run PNGs (their curves are metrics)
     add_tracking_options(p, "gabench-tuning", "MLflow experiment name (default gabench-tuning)",
                          plots=False)
@@ -78,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 #: Options that may accompany --study (the file sets every other one).
 STUDY_OPTIONS = ("study", "families", "methods", "workers", "timeout", "out", "tracking_uri",
-                 "experiment", "no_tracking", "retune_changed")
+                 "experiment", "no_tracking", "retune_changed", "plan")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.study is not None:
         return run_study_tuning(args)
-    if args.families is not None:
-        from gabench._errors import ConfigError
+    for option, given in (("--families", args.families), ("--plan", args.plan or None)):
+        if given is not None:
+            from gabench._errors import ConfigError
 
-        raise ConfigError("--families", args.families, "only with --study (use --family for one study)")
+            raise ConfigError(option, given, "only with --study (use --family for one study)")
     base = config_from_args(args)
     if args.eval_every == 0:
         base = dataclasses.replace(base, eval_every=max(1, base.steps // 5))
@@ -167,7 +171,9 @@ def run_study_tuning(args: argparse.Namespace) -> int:
         sampler_seed=t.sampler_seed, prune_warmup=t.prune_warmup,
         tracking_uri=tracking_uri, experiment=args.experiment, out=Path(args.out) / task.name,
         retune_changed=args.retune_changed,
-    ).validate() for task in tasks]
+    ).validate(open_storage=not args.plan) for task in tasks]
+    if args.plan:
+        return print_plan(tcs, t.trials)
     check_changed(tcs)
     print(f"{study.name}: {len(tcs)} Optuna studies (family x method), {t.trials} trials each, "
           f"sampler seed {t.sampler_seed}, task seed {t.seed}, storage {t.storage}", flush=True)
@@ -177,6 +183,18 @@ def run_study_tuning(args: argparse.Namespace) -> int:
         tune(tc)
     print(f"{study.name}: all {len(tcs)} studies hold {t.trials} trials; next: "
           f"gabench compare {args.study}", flush=True)
+    return 0
+
+
+def print_plan(tcs: list, budget: int) -> int:
+    """``--plan``: one line per cell (study name, then its state), then a count; creates nothing."""
+    from gabench.tuning import cell_states
+
+    states = cell_states(tcs)
+    for tc, (state, _) in zip(tcs, states, strict=True):
+        print(f"{tc.study_name}\t{state}")
+    done = sum(kind == "tuned" for _, kind in states)
+    print(f"{done} of {len(tcs)} Optuna studies hold their {budget} trials")
     return 0
 
 
