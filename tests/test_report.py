@@ -37,11 +37,13 @@ METHODS = {"maml": ("maml", "mean"), "maml+ga": ("maml", "ga")}
 def fake_study(root: Path, *, seeds: int = 4, families: tuple[str, ...] = ("linear-binary", "sine"),
                effect: float = 0.0, noise: float = 0.05, select: bool = True, methods: dict | None = None,
                steps: int = 40, eval_every: int = 5, T: int = 4, outlier: float = 0.25,
-               seed_sets: dict[str, list[int]] | None = None, name: str = "fake") -> Path:
+               seed_sets: dict[str, list[int]] | None = None, name: str = "fake",
+               effects: dict[str, float] | None = None) -> Path:
     """Write ``results.parquet``, ``weights.parquet`` and ``study.json`` of a fake study to ``root``.
 
     The methods' meta-test loss_post is ``1 + seed effect + noise`` for the baseline and the same
-    minus ``effect`` for the GA method (so ``effect > 0`` = GA better); ``sine`` has no accuracy.
+    minus ``effect`` for the GA method (so ``effect > 0`` = GA better; ``effects`` sets it per
+    method label); ``sine`` has no accuracy.
     """
     methods = METHODS if methods is None else methods
     g = np.random.default_rng(0)
@@ -53,7 +55,7 @@ def fake_study(root: Path, *, seeds: int = 4, families: tuple[str, ...] = ("line
                 run = f"{family}__{label}__s{seed}"
                 info = {"run": run, "family": family, "method": label, "algorithm": algo, "aggregator": agg,
                         "first_order": False, "seed": seed, "outlier_fraction": outlier}
-                shift = effect if agg != "mean" else 0.0
+                shift = (effects or {}).get(label, effect) if agg != "mean" else 0.0
                 level = 1.0 + seed_effect[seed] - shift + g.normal(0, noise)
                 metrics = ["loss_post", "loss_pre"] + ([] if family == "sine" else ["acc_post", "acc_pre"])
                 for step in range(0, steps + 1, eval_every):
@@ -208,6 +210,46 @@ def test_report_sections_aggregates_convergence_and_figures(tmp_path):
     assert list(curve_frames(data, "val", "acc_post")) == [("linear-binary", "")]
     conv = text.split("### Convergence")[1].split("\n## ")[0]
     assert "| `maml` |" in conv
+
+
+ZOO = {"maml": ("maml", "mean"), "maml+ga": ("maml", "ga"), "maml+upgrad": ("maml", "upgrad"),
+       "maml+pcgrad": ("maml", "pcgrad"), "reptile": ("reptile", "mean"), "reptile+ga": ("reptile", "ga"),
+       "reptile+upgrad": ("reptile", "upgrad")}
+
+
+def test_an_aggregator_zoo_is_ranked_per_baseline_and_pooled_over_algorithms(tmp_path):
+    effects = {"maml+upgrad": 0.2, "maml+ga": -0.2, "maml+pcgrad": 0.0, "reptile+ga": -0.2,
+               "reptile+upgrad": 0.2}
+    src = fake_study(tmp_path / "runs", seeds=12, noise=0.02, methods=ZOO, effects=effects,
+                     families=("linear-binary", "sine", "moons"))
+    text, comp = _report(src, tmp_path / "rep")
+    data = load_tables(tmp_path / "rep" / "data")
+    from gabench.reporting._analysis import comparisons, normalised_scores, ranking
+
+    rk = ranking(data, comparisons(data), "loss_post", "best_val")
+    maml = rk[rk.group == "maml"]
+    assert list(maml.method) == ["maml+upgrad", "maml+pcgrad", "maml+ga"] and list(maml["rank"]) == [1, 2, 3]
+    assert maml.overall.iloc[0] == "better" and maml.overall.iloc[2] == "worse"
+    for r in rk.itertuples():  # overall: where the IQM's interval lies
+        assert r.overall == ("better" if r.iqm_low > 0 else "worse" if r.iqm_high < 0 else "no difference")
+    assert list(maml.better) == [3, 0, 0] and list(maml.worse) == [0, 0, 3]
+    assert set(rk[rk.group == "reptile"].method) == {"reptile+upgrad", "reptile+ga"}
+    pooled = rk[rk.group == "all algorithms"]
+    assert list(pooled.method) == ["upgrad", "ga"]  # pcgrad ran with one algorithm only
+    # the pooled IQM is the 25%-trimmed mean of both algorithms' scores over every cell and seed
+    scores = normalised_scores(data, "loss_post", "best_val")
+    both = scores[scores.method.isin(["maml+upgrad", "reptile+upgrad"])]["score"]
+    assert pooled.iloc[0].iqm == pytest.approx(stats.trim_mean(both, 0.25))
+    assert pooled.iloc[0].n_cells == 6 and pooled.iloc[0].n_runs == 72
+    section = text.split("## Ranking")[1].split("\n## ")[0]
+    assert "Better than `maml` overall (IQM interval above 0): `maml+upgrad`." in section
+    assert f"Worse overall: {(maml.overall == 'worse').sum()} of 3." in section
+    assert "each aggregator over every algorithm" in section
+
+
+def test_no_ranking_with_one_method_per_baseline(tmp_path):
+    text, _ = _report(fake_study(tmp_path / "runs", effect=0.05), tmp_path / "rep")
+    assert "## Ranking" not in text
 
 
 def test_learning_curves_draw_no_empty_panel(monkeypatch, tmp_path):

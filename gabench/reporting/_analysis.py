@@ -234,6 +234,86 @@ def aggregates(data: ReportData, metric: str, select: str, seed: int = 0) -> pd.
                                        "low", "high", "n_cells", "n_runs", "interval"])
 
 
+#: Columns of :func:`ranking`.
+RANKING_COLUMNS = ["group", "method", "rank", "iqm", "iqm_low", "iqm_high", "mean", "mean_low", "mean_high",
+                   "p_improve", "p_low", "p_high", "n_cells", "n_runs", "better", "worse", "unresolved",
+                   "overall"]
+
+
+def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed: int = 0) -> pd.DataFrame:
+    """The compared methods ranked by the interquartile mean of their normalised scores, for a
+    study that compares several weightings with one baseline (an aggregator zoo).
+
+    Two kinds of group:
+
+    - per baseline with at least two compared methods (group = the baseline's label): each method
+      as in :func:`aggregates`, pooled over the cells;
+    - per aggregator compared with at least two baselines (group ``all algorithms``, method = the
+      aggregator's name): its pairs pooled, each (baseline, cell) a stratum of the bootstrap.
+
+    ``better``/``worse``/``unresolved`` count the cells of ``comp`` (:func:`comparisons`) with
+    that verdict for ``metric`` under ``select``. ``overall`` is ``better`` when the IQM's interval
+    lies above 0, ``worse`` when it lies below, ``no difference`` otherwise (an aggregate
+    statement across cells, not Holm-corrected across the ranked methods; the cell counts are).
+
+    Returns:
+        Columns :data:`RANKING_COLUMNS`, each group sorted by IQM (best first); empty when no
+        baseline has two compared methods and no aggregator two baselines.
+    """
+    scores = normalised_scores(data, metric, select)
+    if scores.empty:
+        return pd.DataFrame(columns=RANKING_COLUMNS)
+    info = data.method_info
+    verdicts = comp[(comp["metric"] == metric) & (comp["select"] == select)]
+    strata: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
+    for method, base in data.pairs.items():
+        for f, s in dict.fromkeys(zip(scores["family_label"], scores["setting"], strict=True)):
+            strata.setdefault((base, method), []).append((method, base, f, s))
+    groups: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
+    per_base: dict[str, list[str]] = {}
+    for method, base in data.pairs.items():
+        per_base.setdefault(base, []).append(method)
+    for base, methods in per_base.items():
+        if len(methods) >= 2:
+            for m in methods:
+                groups[(base, m)] = strata[(base, m)]
+    per_aggregator: dict[str, list[str]] = {}
+    for method in data.pairs:
+        per_aggregator.setdefault(info[method][1], []).append(method)
+    for aggregator, methods in per_aggregator.items():
+        if len({data.pairs[m] for m in methods}) >= 2:
+            groups[("all algorithms", aggregator)] = [x for m in methods for x in strata[(data.pairs[m], m)]]
+    rows = []
+    for (group, label), keys in groups.items():
+        per_cell, counts = [], {"better": 0, "worse": 0, "unresolved": 0}
+        for method, base, f, s in keys:
+            x = scores[(scores.method == method) & (scores.baseline == base) & (scores.family_label == f)
+                       & (scores.setting == s)]["score"].to_numpy()
+            if x.size:
+                per_cell.append(x)
+            v = verdicts[(verdicts.method == method) & (verdicts.baseline == base)
+                         & (verdicts.family_label == f) & (verdicts.setting == s)]["verdict"]
+            for verdict in v:
+                counts[str(verdict)] += 1
+        if not per_cell:
+            continue
+        agg = aggregate_scores(per_cell, rng=seed)
+        poi = probability_of_improvement(per_cell, lower_is_better=False, rng=seed)
+        iqm = agg["iqm"]
+        overall = "better" if iqm.low > 0 else "worse" if iqm.high < 0 else "no difference"
+        rows.append([group, label, 0, iqm.mean, iqm.low, iqm.high, agg["mean"].mean, agg["mean"].low,
+                     agg["mean"].high, poi.mean, poi.low, poi.high, len(per_cell),
+                     int(sum(x.size for x in per_cell)), counts["better"], counts["worse"],
+                     counts["unresolved"], overall])
+    out = pd.DataFrame(rows, columns=RANKING_COLUMNS)
+    if out.empty:
+        return out
+    out = out.sort_values(["group", "iqm"], ascending=[True, False], kind="stable")
+    out["rank"] = out.groupby("group").cumcount() + 1
+    order = list(dict.fromkeys(g for g, _ in groups))
+    return out.sort_values("group", key=lambda g: g.map(order.index), kind="stable").reset_index(drop=True)
+
+
 def performance_profile(scores: pd.DataFrame, taus: np.ndarray, seed: int = 0) -> pd.DataFrame:
     """Fraction of runs (cell x seed) whose normalised score exceeds each threshold, per pair, with a
     95% pointwise band (stratified bootstrap: seeds resampled within each cell).

@@ -369,6 +369,50 @@ class _Sections:
                       f"![performance profile {metric}]({name})", ""]
         return "\n".join(lines)
 
+    def ranking(self) -> str:
+        """The weightings compared with one baseline, ranked (only for an aggregator zoo)."""
+        if not self.pairs:
+            return ""
+        lines: list[str] = []
+        for metric in [m for m in an.PRIMARY if m in self.metrics]:
+            rk = an.ranking(self.d, self.comp, metric, self.primary, self.seed)
+            for group, part in rk.groupby("group", sort=False):
+                pooled = group == "all algorithms"
+                rows = [[str(r.rank), f"`{r.method}`", _pct_ci(r.iqm, r.iqm_low, r.iqm_high),
+                         _pct_ci(r.mean, r.mean_low, r.mean_high),
+                         f"{r.p_improve:.2f} [{r.p_low:.2f}, {r.p_high:.2f}]",
+                         f"{r.better} / {r.worse} / {r.unresolved}",
+                         f"**{r.overall}**" if r.overall != "no difference" else r.overall]
+                        for r in part.itertuples()]
+                winners = [f"`{m}`" for m in part.loc[part["overall"] == "better", "method"]]
+                losers = part.loc[part["overall"] == "worse", "method"]
+                if pooled:
+                    title = (f"### `{metric}`: each aggregator over every algorithm it was compared with "
+                             f"(strata: algorithm x cell)")
+                    against = "its algorithm's baseline"
+                else:
+                    title = f"### `{metric}`: the methods compared with `{group}`"
+                    against = f"`{group}`"
+                verdict = (f"Better than {against} overall (IQM interval above 0): {', '.join(winners)}."
+                           if winners else f"None of the {len(part)} is better than {against} overall "
+                           "(no IQM interval lies above 0).")
+                verdict += f" Worse overall: {len(losers)} of {len(part)}." if len(losers) else ""
+                lines += [title, "",
+                          md_table(["rank", "method" if not pooled else "aggregator", "IQM score",
+                                    "mean score", "P(improve)", "cells better / worse / unresolved",
+                                    "overall"], rows), "", verdict, ""]
+        if not lines:
+            return ""
+        intro = [f"## Ranking: does any weighting beat its baseline? (`select = {self.primary}`)", "",
+                 "The methods compared with the same baseline, ranked by the interquartile mean of their "
+                 "normalised scores over every cell (as in \"Across cells\"; positive = better than the "
+                 "baseline). **overall** is better (worse) when the IQM's 95% interval lies above (below) "
+                 "0: an aggregate statement, one interval per method, not corrected for the number of "
+                 "methods ranked; where intervals overlap, the order between those methods is not "
+                 "established. The cell counts are the Holm-corrected verdicts of the primary family.",
+                 ""]
+        return "\n".join(intro + lines)
+
     def by_setting(self) -> str:
         parsed = {}
         for f, s in self.cells:
@@ -648,7 +692,8 @@ def build_report(data: ReportData | StudyTables, out_dir: str | Path, command: s
     parts = [r.header(), r.findings()]
     for section in extra_sections or []:
         parts.append(section(data, out))
-    parts += [r.plan(), r.test_tables(), r.differences(), r.aggregates(), r.by_setting(), r.curves(),
+    parts += [r.plan(), r.test_tables(), r.differences(), r.aggregates(), r.ranking(), r.by_setting(),
+              r.curves(),
               r.weights(), r.outliers(), r.wall_clock(), r.failures(), r.methods_note()]
     text = "\n".join(p for p in parts if p).rstrip() + "\n"
     text = re.sub(r"\n{3,}", "\n\n", text)
