@@ -217,7 +217,7 @@ ZOO = {"maml": ("maml", "mean"), "maml+ga": ("maml", "ga"), "maml+upgrad": ("mam
        "reptile+upgrad": ("reptile", "upgrad")}
 
 
-def test_an_aggregator_zoo_is_ranked_per_baseline_and_pooled_over_algorithms(tmp_path):
+def test_an_aggregator_zoo_is_ranked_per_baseline_and_pooled_over_baselines(tmp_path):
     effects = {"maml+upgrad": 0.2, "maml+ga": -0.2, "maml+pcgrad": 0.0, "reptile+ga": -0.2,
                "reptile+upgrad": 0.2}
     src = fake_study(tmp_path / "runs", seeds=12, noise=0.02, methods=ZOO, effects=effects,
@@ -230,25 +230,47 @@ def test_an_aggregator_zoo_is_ranked_per_baseline_and_pooled_over_algorithms(tmp
     maml = rk[rk.group == "maml"]
     assert list(maml.method) == ["maml+upgrad", "maml+pcgrad", "maml+ga"] and list(maml["rank"]) == [1, 2, 3]
     assert maml.overall.iloc[0] == "better" and maml.overall.iloc[2] == "worse"
-    for r in rk.itertuples():  # overall: where the IQM's interval lies
-        assert r.overall == ("better" if r.iqm_low > 0 else "worse" if r.iqm_high < 0 else "no difference")
     assert list(maml.better) == [3, 0, 0] and list(maml.worse) == [0, 0, 3]
+    assert set(maml.k) == {3} and maml.level.iloc[0] == pytest.approx(1 - 0.05 / 3)
+    for r in rk.itertuples():  # overall: where the (Bonferroni) IQM interval lies
+        assert r.overall == ("better" if r.iqm_low > 0 else "worse" if r.iqm_high < 0 else "no difference")
     assert set(rk[rk.group == "reptile"].method) == {"reptile+upgrad", "reptile+ga"}
-    pooled = rk[rk.group == "all algorithms"]
-    assert list(pooled.method) == ["upgrad", "ga"]  # pcgrad ran with one algorithm only
-    # the pooled IQM is the 25%-trimmed mean of both algorithms' scores over every cell and seed
+    pooled = rk[rk.group == "all baselines"]
+    assert list(pooled.method) == ["upgrad", "ga"]  # pcgrad ran with one baseline only
+    # pooled: per cell and seed the mean of the two baselines' scores, then the 25%-trimmed mean
     scores = normalised_scores(data, "loss_post", "best_val")
-    both = scores[scores.method.isin(["maml+upgrad", "reptile+upgrad"])]["score"]
-    assert pooled.iloc[0].iqm == pytest.approx(stats.trim_mean(both, 0.25))
-    assert pooled.iloc[0].n_cells == 6 and pooled.iloc[0].n_runs == 72
+    both = scores[scores.method.isin(["maml+upgrad", "reptile+upgrad"])]
+    per_seed = both.groupby(["family_label", "setting", "seed"])["score"].mean()
+    assert pooled.iloc[0].iqm == pytest.approx(stats.trim_mean(per_seed, 0.25))
+    assert pooled.iloc[0].n_cells == 3 and pooled.iloc[0].n_runs == 36
+    assert pooled.iloc[0].better == 6  # the cells of both pairs
     section = text.split("## Ranking")[1].split("\n## ")[0]
-    assert "Better than `maml` overall (IQM interval above 0): `maml+upgrad`." in section
-    assert f"Worse overall: {(maml.overall == 'worse').sum()} of 3." in section
-    assert "each aggregator over every algorithm" in section
+    assert "Better than `maml` overall: `maml+upgrad`." in section
+    assert "Worse overall: `maml+ga`" in section
+    assert "each weighting over every baseline" in section and "Bonferroni over the 3 rows" in section
+
+
+def test_two_weightings_of_one_baseline_that_share_an_aggregator_are_not_pooled(tmp_path):
+    zoo = {"maml": ("maml", "mean"), "maml+sm1": ("maml", "ga-softmax"), "maml+sm5": ("maml", "ga-softmax"),
+           "reptile": ("reptile", "mean"), "reptile+sm1": ("reptile", "ga-softmax"),
+           "reptile+sm5": ("reptile", "ga-softmax")}
+    effects = {"maml+sm1": 0.2, "reptile+sm1": 0.2, "maml+sm5": -0.2, "reptile+sm5": -0.2}
+    src = fake_study(tmp_path / "runs", seeds=8, noise=0.02, methods=zoo, effects=effects,
+                     families=("linear-binary", "sine"))
+    from gabench.reporting._analysis import comparisons, ranking
+
+    data = load_tables(src)
+    pooled = ranking(data, comparisons(data), "loss_post", "best_val").query("group == 'all baselines'")
+    assert list(pooled.method) == ["sm1", "sm5"] and list(pooled.overall) == ["better", "worse"]
 
 
 def test_no_ranking_with_one_method_per_baseline(tmp_path):
     text, _ = _report(fake_study(tmp_path / "runs", effect=0.05), tmp_path / "rep")
+    assert "## Ranking" not in text
+    # GA with two algorithms (the paper and outlier studies): one method per baseline, no ranking
+    two = {"maml": ("maml", "mean"), "maml+ga": ("maml", "ga"), "reptile": ("reptile", "mean"),
+           "reptile+ga": ("reptile", "ga")}
+    text, _ = _report(fake_study(tmp_path / "runs2", methods=two, effect=0.05), tmp_path / "rep2")
     assert "## Ranking" not in text
 
 

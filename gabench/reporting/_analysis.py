@@ -24,6 +24,7 @@ from gabench.reporting._stats import (
     probability_of_improvement,
     score_profile,
 )
+from gabench.reporting._stats import LEVEL as LEVEL_95
 
 #: Meta-test metrics in report order, with their descriptions.
 TEST_METRICS: dict[str, str] = {
@@ -235,83 +236,94 @@ def aggregates(data: ReportData, metric: str, select: str, seed: int = 0) -> pd.
 
 
 #: Columns of :func:`ranking`.
-RANKING_COLUMNS = ["group", "method", "rank", "iqm", "iqm_low", "iqm_high", "mean", "mean_low", "mean_high",
-                   "p_improve", "p_low", "p_high", "n_cells", "n_runs", "better", "worse", "unresolved",
-                   "overall"]
+RANKING_COLUMNS = ["group", "method", "rank", "k", "level", "iqm", "iqm_low", "iqm_high", "mean", "mean_low",
+                   "mean_high", "p_improve", "p_low", "p_high", "n_cells", "n_runs", "better", "worse",
+                   "unresolved", "overall"]
 
 
 def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed: int = 0) -> pd.DataFrame:
     """The compared methods ranked by the interquartile mean of their normalised scores, for a
     study that compares several weightings with one baseline (an aggregator zoo).
 
-    Two kinds of group:
+    Groups exist only when some baseline has at least two compared methods:
 
-    - per baseline with at least two compared methods (group = the baseline's label): each method
-      as in :func:`aggregates`, pooled over the cells;
-    - per aggregator compared with at least two baselines (group ``all algorithms``, method = the
-      aggregator's name): its pairs pooled, each (baseline, cell) a stratum of the bootstrap.
+    - per such baseline (group = its label): each of its methods, its :func:`normalised_scores`
+      pooled over the cells (stratified bootstrap, seeds resampled within each cell);
+    - ``all baselines``, when at least two weightings ran with two or more baselines each: a
+      weighting is a method label ``<baseline>+<name>`` (e.g. ``maml+upgrad`` and
+      ``reptile+upgrad`` are ``upgrad``), with one method per baseline; per cell and seed its
+      score is the mean of its baselines' scores on that seed (the baselines share the seed's
+      tasks, so resampling the seed keeps them together, and each baseline weighs the same).
 
-    ``better``/``worse``/``unresolved`` count the cells of ``comp`` (:func:`comparisons`) with
-    that verdict for ``metric`` under ``select``. ``overall`` is ``better`` when the IQM's interval
-    lies above 0, ``worse`` when it lies below, ``no difference`` otherwise (an aggregate
-    statement across cells, not Holm-corrected across the ranked methods; the cell counts are).
+    Intervals are Bonferroni-adjusted within each group (level ``1 - 0.05 / k`` for its ``k``
+    methods), and ``overall`` is ``better`` when the IQM's interval lies above 0, ``worse`` when
+    it lies below, ``no difference`` otherwise: with k methods in a group, the chance of calling
+    any of them wrongly stays below 5%. ``better``/``worse``/``unresolved`` count the cells of
+    ``comp`` (:func:`comparisons`) with that verdict for ``metric`` under ``select``.
 
     Returns:
         Columns :data:`RANKING_COLUMNS`, each group sorted by IQM (best first); empty when no
-        baseline has two compared methods and no aggregator two baselines.
+        baseline has two compared methods.
     """
     scores = normalised_scores(data, metric, select)
-    if scores.empty:
-        return pd.DataFrame(columns=RANKING_COLUMNS)
-    info = data.method_info
-    verdicts = comp[(comp["metric"] == metric) & (comp["select"] == select)]
-    strata: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
-    for method, base in data.pairs.items():
-        for f, s in dict.fromkeys(zip(scores["family_label"], scores["setting"], strict=True)):
-            strata.setdefault((base, method), []).append((method, base, f, s))
-    groups: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
     per_base: dict[str, list[str]] = {}
     for method, base in data.pairs.items():
         per_base.setdefault(base, []).append(method)
+    if scores.empty or not any(len(m) >= 2 for m in per_base.values()):
+        return pd.DataFrame(columns=RANKING_COLUMNS)
+    by_pair = {key: part.set_index("seed")["score"]
+               for key, part in scores.groupby(["method", "baseline", "family_label", "setting"], sort=False)}
+    cells = list(dict.fromkeys(zip(scores["family_label"], scores["setting"], strict=True)))
+    verdicts = comp[(comp["metric"] == metric) & (comp["select"] == select)]
+    counts = verdicts.groupby(["method", "baseline", "verdict"]).size().to_dict()
+
+    def pair_cells(method: str, base: str) -> list[pd.Series]:
+        return [by_pair[(method, base, f, s)] for f, s in cells if (method, base, f, s) in by_pair]
+
+    groups: dict[str, dict[str, tuple[list[np.ndarray], list[tuple[str, str]]]]] = {}
     for base, methods in per_base.items():
         if len(methods) >= 2:
-            for m in methods:
-                groups[(base, m)] = strata[(base, m)]
-    per_aggregator: dict[str, list[str]] = {}
-    for method in data.pairs:
-        per_aggregator.setdefault(info[method][1], []).append(method)
-    for aggregator, methods in per_aggregator.items():
-        if len({data.pairs[m] for m in methods}) >= 2:
-            groups[("all algorithms", aggregator)] = [x for m in methods for x in strata[(data.pairs[m], m)]]
-    rows = []
-    for (group, label), keys in groups.items():
-        per_cell, counts = [], {"better": 0, "worse": 0, "unresolved": 0}
-        for method, base, f, s in keys:
-            x = scores[(scores.method == method) & (scores.baseline == base) & (scores.family_label == f)
-                       & (scores.setting == s)]["score"].to_numpy()
-            if x.size:
-                per_cell.append(x)
-            v = verdicts[(verdicts.method == method) & (verdicts.baseline == base)
-                         & (verdicts.family_label == f) & (verdicts.setting == s)]["verdict"]
-            for verdict in v:
-                counts[str(verdict)] += 1
-        if not per_cell:
+            groups[base] = {m: ([x.to_numpy() for x in pair_cells(m, base)], [(m, base)]) for m in methods}
+    weightings: dict[str, dict[str, str]] = {}  # name -> {baseline: method}
+    for method, base in data.pairs.items():
+        if method.startswith(base + "+"):
+            weightings.setdefault(method[len(base) + 1:], {}).setdefault(base, method)
+    pooled = {}
+    for name, members in weightings.items():
+        if len(members) < 2:
             continue
-        agg = aggregate_scores(per_cell, rng=seed)
-        poi = probability_of_improvement(per_cell, lower_is_better=False, rng=seed)
-        iqm = agg["iqm"]
-        overall = "better" if iqm.low > 0 else "worse" if iqm.high < 0 else "no difference"
-        rows.append([group, label, 0, iqm.mean, iqm.low, iqm.high, agg["mean"].mean, agg["mean"].low,
-                     agg["mean"].high, poi.mean, poi.low, poi.high, len(per_cell),
-                     int(sum(x.size for x in per_cell)), counts["better"], counts["worse"],
-                     counts["unresolved"], overall])
+        per_cell = []
+        for f, s in cells:
+            cols = {b: by_pair[(m, b, f, s)] for b, m in members.items() if (m, b, f, s) in by_pair}
+            if len(cols) == len(members):  # a cell counts where every baseline has it
+                per_cell.append(pd.DataFrame(cols).dropna().mean(axis=1).to_numpy())
+        pooled[name] = (per_cell, [(m, b) for b, m in members.items()])
+    if len(pooled) >= 2:
+        groups["all baselines"] = pooled
+    rows = []
+    for group, members in groups.items():
+        k = len(members)
+        level = 1 - (1 - LEVEL_95) / k
+        for label, (per_cell, pairs) in members.items():
+            per_cell = [x for x in per_cell if x.size]
+            if not per_cell:
+                continue
+            agg = aggregate_scores(per_cell, level=level, rng=seed)
+            poi = probability_of_improvement(per_cell, lower_is_better=False, level=level, rng=seed)
+            iqm = agg["iqm"]
+            overall = "better" if iqm.low > 0 else "worse" if iqm.high < 0 else "no difference"
+            tally = {v: sum(counts.get((m, b, v), 0) for m, b in pairs)
+                     for v in ("better", "worse", "unresolved")}
+            rows.append([group, label, 0, k, level, iqm.mean, iqm.low, iqm.high, agg["mean"].mean,
+                         agg["mean"].low, agg["mean"].high, poi.mean, poi.low, poi.high, len(per_cell),
+                         int(sum(x.size for x in per_cell)), tally["better"], tally["worse"],
+                         tally["unresolved"], overall])
     out = pd.DataFrame(rows, columns=RANKING_COLUMNS)
-    if out.empty:
-        return out
-    out = out.sort_values(["group", "iqm"], ascending=[True, False], kind="stable")
-    out["rank"] = out.groupby("group").cumcount() + 1
-    order = list(dict.fromkeys(g for g, _ in groups))
-    return out.sort_values("group", key=lambda g: g.map(order.index), kind="stable").reset_index(drop=True)
+    order = list(groups)
+    out["_g"] = out["group"].map(order.index)
+    out = out.sort_values(["_g", "iqm"], ascending=[True, False], kind="stable").drop(columns="_g")
+    out["rank"] = out.groupby("group", sort=False).cumcount() + 1
+    return out.reset_index(drop=True)
 
 
 def performance_profile(scores: pd.DataFrame, taus: np.ndarray, seed: int = 0) -> pd.DataFrame:

@@ -377,40 +377,42 @@ class _Sections:
         for metric in [m for m in an.PRIMARY if m in self.metrics]:
             rk = an.ranking(self.d, self.comp, metric, self.primary, self.seed)
             for group, part in rk.groupby("group", sort=False):
-                pooled = group == "all algorithms"
+                pooled = group == "all baselines"
                 rows = [[str(r.rank), f"`{r.method}`", _pct_ci(r.iqm, r.iqm_low, r.iqm_high),
                          _pct_ci(r.mean, r.mean_low, r.mean_high),
                          f"{r.p_improve:.2f} [{r.p_low:.2f}, {r.p_high:.2f}]",
-                         f"{r.better} / {r.worse} / {r.unresolved}",
+                         f"{r.better} / {r.worse} / {r.unresolved}", f"{r.n_cells} x {r.n_runs}",
                          f"**{r.overall}**" if r.overall != "no difference" else r.overall]
                         for r in part.itertuples()]
-                winners = [f"`{m}`" for m in part.loc[part["overall"] == "better", "method"]]
-                losers = part.loc[part["overall"] == "worse", "method"]
+                k, level = int(part["k"].iloc[0]), float(part["level"].iloc[0])
                 if pooled:
-                    title = (f"### `{metric}`: each aggregator over every algorithm it was compared with "
-                             f"(strata: algorithm x cell)")
-                    against = "its algorithm's baseline"
+                    title = (f"### `{metric}`: each weighting over every baseline it ran with (per seed, "
+                             f"the mean of its baselines' scores)")
+                    against = "the baselines"
                 else:
                     title = f"### `{metric}`: the methods compared with `{group}`"
                     against = f"`{group}`"
-                verdict = (f"Better than {against} overall (IQM interval above 0): {', '.join(winners)}."
-                           if winners else f"None of the {len(part)} is better than {against} overall "
-                           "(no IQM interval lies above 0).")
-                verdict += f" Worse overall: {len(losers)} of {len(part)}." if len(losers) else ""
+                winners = ", ".join(f"`{m}`" for m in part.loc[part["overall"] == "better", "method"])
+                losers = ", ".join(f"`{m}`" for m in part.loc[part["overall"] == "worse", "method"])
+                verdict = (f"Better than {against} overall: {winners}." if winners
+                           else f"None of the {k} is better than {against} overall.")
+                verdict += f" Worse overall: {losers}." if losers else ""
                 lines += [title, "",
-                          md_table(["rank", "method" if not pooled else "aggregator", "IQM score",
-                                    "mean score", "P(improve)", "cells better / worse / unresolved",
+                          f"Intervals at {level:.2%} (Bonferroni over the {k} rows).", "",
+                          md_table(["rank", "weighting" if pooled else "method", "IQM score", "mean score",
+                                    "P(improve)", "cells better / worse / unresolved", "cells x runs",
                                     "overall"], rows), "", verdict, ""]
         if not lines:
             return ""
         intro = [f"## Ranking: does any weighting beat its baseline? (`select = {self.primary}`)", "",
                  "The methods compared with the same baseline, ranked by the interquartile mean of their "
                  "normalised scores over every cell (as in \"Across cells\"; positive = better than the "
-                 "baseline). **overall** is better (worse) when the IQM's 95% interval lies above (below) "
-                 "0: an aggregate statement, one interval per method, not corrected for the number of "
-                 "methods ranked; where intervals overlap, the order between those methods is not "
-                 "established. The cell counts are the Holm-corrected verdicts of the primary family.",
-                 ""]
+                 "baseline). Each group's intervals are Bonferroni-adjusted for its number of rows, and "
+                 "**overall** is better (worse) when the IQM's interval lies above (below) 0, so the "
+                 "chance of any wrong overall call in a group stays below 5%. Where intervals overlap, the "
+                 "order between those methods is not established; a method that lacks some cells is "
+                 "ranked over fewer (\"cells x runs\"). The cell counts are the Holm-corrected verdicts "
+                 "of the primary family.", ""]
         return "\n".join(intro + lines)
 
     def by_setting(self) -> str:
