@@ -638,23 +638,33 @@ def study_changes(study: optuna.Study, tc: TuneConfig) -> list[str]:
     return setup_changes(study_setup(study), expected_tuning_setup(tc), run_defaults())
 
 
-def changed_studies(tcs: list[TuneConfig]) -> list[tuple[str, int, list[str]]]:
-    """The existing studies among ``tcs`` tuned under another setup: (name, finished trials,
-    changes). Reads only: a storage that does not exist yet holds none."""
-    out = []
+def existing_studies(tcs: list[TuneConfig]) -> list[tuple[TuneConfig, optuna.Study | None]]:
+    """Each of ``tcs`` with its Optuna study, or None where the storage or the study does not
+    exist yet; each storage is opened once, for reading (nothing is created)."""
     opened: dict[str, optuna.storages.BaseStorage | None] = {}
+    out: list[tuple[TuneConfig, optuna.Study | None]] = []
     for tc in tcs:
         if tc.storage not in opened:
             try:
                 opened[tc.storage] = make_storage(tc.storage, create=False)
             except ConfigError:
                 opened[tc.storage] = None
-        storage = opened[tc.storage]
-        if storage is None:
-            continue
-        try:
-            study = optuna.load_study(study_name=tc.study_name, storage=storage)
-        except KeyError:
+        storage, study = opened[tc.storage], None
+        if storage is not None:
+            try:
+                study = optuna.load_study(study_name=tc.study_name, storage=storage)
+            except KeyError:
+                pass
+        out.append((tc, study))
+    return out
+
+
+def changed_studies(tcs: list[TuneConfig]) -> list[tuple[str, int, list[str]]]:
+    """The existing studies among ``tcs`` tuned under another setup: (name, finished trials,
+    changes). Reads only: a storage that does not exist yet holds none."""
+    out = []
+    for tc, study in existing_studies(tcs):
+        if study is None:
             continue
         changes = study_changes(study, tc)
         if changes:
@@ -685,18 +695,7 @@ def cell_states(tcs: list[TuneConfig]) -> list[tuple[str, str]]:
     """For ``gabench tune --study --plan``: each study's state as (text, kind), kind one of
     ``missing``, ``partial``, ``tuned`` and ``changed``; reads only (nothing is created)."""
     out = []
-    opened: dict[str, optuna.storages.BaseStorage | None] = {}
-    for tc in tcs:
-        if tc.storage not in opened:
-            try:
-                opened[tc.storage] = make_storage(tc.storage, create=False)
-            except ConfigError:
-                opened[tc.storage] = None
-        storage = opened[tc.storage]
-        try:
-            study = None if storage is None else optuna.load_study(study_name=tc.study_name, storage=storage)
-        except KeyError:
-            study = None
+    for tc, study in existing_studies(tcs):
         if study is None:
             out.append((f"not started (0 of {tc.trials} trials)", "missing"))
             continue
