@@ -45,6 +45,22 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT held back while the block runs, and delivered (their handlers run)
+    right after it: for a step that must not be cut in half, such as creating a record and
+    keeping its id, so that the failure handling that the signal triggers can find the record.
+    Where the platform cannot block signals, the block runs unprotected."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class StopRequest:
     """A SIGTERM that is honoured at the next safe point instead of wherever it lands.
 

@@ -297,3 +297,28 @@ def test_on_fail_marks_the_run_killed_or_failed(tmp_path):
         assert run.data.tags["failure_reason"].endswith("stopped at 2")
         # what was trained before the failure is in MLflow
         assert len(tracking_client(uri).get_metric_history(tracker.run_id, "train/query_loss")) == 2
+
+
+def test_sigterm_while_the_mlflow_run_is_created_still_leaves_it_killed(tmp_path, monkeypatch):
+    """A SIGTERM that arrives inside ``create_run`` (the run exists in the store, its id not yet
+    kept) is delivered once the id is kept, so the run is marked KILLED, never left RUNNING."""
+    import signal
+
+    from gabench._processes import sigterm_raises
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowTracker(uri, "race", plots=False)
+    real = type(tracker.client).create_run
+
+    def create_then_signal(self, *args, **kwargs):
+        run = real(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the run exists; its id is not kept yet
+        return run
+
+    monkeypatch.setattr(type(tracker.client), "create_run", create_then_signal)
+    config = RunConfig(family="sine", steps=3, meta_batch=2, val_tasks=2, test_tasks=2)
+    with sigterm_raises(), pytest.raises(Terminated):
+        Trainer(config, [tracker], progress=False).fit()
+    client = tracking_client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert run.info.status == "KILLED" and run.info.run_id == tracker.run_id

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gabench import __version__
+from gabench._processes import signals_deferred
 from gabench._provenance import git_commit
 from gabench._redact import redact, scrub
 from gabench.results import RunResult, Summary
@@ -237,9 +238,12 @@ class MLflowTracker(Callback):
             name = run_display_name(info.get("method", ""), info.get("family", ""),
                                     info.get("seed", ""),
                                     f"{float(outliers):g} outliers" if outliers else "")
-        run = self.client.create_run(exp, run_name=name,
-                                     tags={k: str(v) for k, v in tags.items() if v is not None})
-        self.run_id = run.info.run_id
+        # A SIGTERM between the creation of the run and keeping its id would leave a RUNNING run
+        # that on_fail cannot find: the signal is delivered once the id is kept.
+        with signals_deferred():
+            run = self.client.create_run(exp, run_name=name,
+                                         tags={k: str(v) for k, v in tags.items() if v is not None})
+            self.run_id = run.info.run_id
         config = dict(trainer.config)
         config.pop("family_params", None)
         params = flatten("", config, {})
