@@ -50,15 +50,31 @@ def signals_deferred() -> Iterator[None]:
     """SIGTERM and SIGINT held back while the block runs, and delivered (their handlers run)
     right after it: for a step that must not be cut in half, such as creating a record and
     keeping its id, so that the failure handling that the signal triggers can find the record.
-    Where the platform cannot block signals, the block runs unprotected."""
-    if not hasattr(signal, "pthread_sigmask"):
+
+    Python runs signal handlers in the main thread, whichever thread the kernel delivers the
+    signal to, so the block swaps in a handler that only notes the signal, then puts the
+    previous handlers back and raises what it noted. (Blocking with ``pthread_sigmask`` is not
+    enough: it masks the calling thread only, and with other threads alive the kernel hands
+    the signal to one of them while the main thread still runs the handler inside the block.)
+    Outside the main thread a handler cannot interrupt the block, which then runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    noted: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        noted.append(signum)
+
+    held = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.signal(signum, note) for signum in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)
 
 
 class StopRequest:

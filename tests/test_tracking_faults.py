@@ -5,11 +5,14 @@ task-weight artifacts, windowed training curves)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import optuna
@@ -299,6 +302,57 @@ def test_on_fail_marks_the_run_killed_or_failed(tmp_path):
         assert len(tracking_client(uri).get_metric_history(tracker.run_id, "train/query_loss")) == 2
 
 
+@contextlib.contextmanager
+def other_thread():
+    """A second thread alive while the block runs, waking every millisecond (so it takes the
+    GIL now and then, as MLflow's or pytest-xdist's threads do): one more thread the kernel may
+    hand a process-directed signal to, and a GIL handover after which the main thread checks
+    for signals."""
+    stop = threading.Event()
+
+    def wake_often() -> None:
+        while not stop.wait(0.001):
+            pass
+
+    thread = threading.Thread(target=wake_often, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signals_deferred_delivers_after_the_block_even_with_other_threads_running(signame):
+    """Inside ``signals_deferred`` the handler does not run, whichever thread the kernel gives
+    the signal to; it runs once, right after the block, and the previous handler is back."""
+    import signal
+
+    from gabench._processes import signals_deferred
+
+    signum = getattr(signal, signame)
+    events = []
+
+    def handler(received, frame):
+        events.append(("handler", received))
+
+    previous = signal.signal(signum, handler)
+    try:
+        with other_thread():
+            with signals_deferred():
+                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), signum)
+                deadline = time.monotonic() + 0.5
+                while time.monotonic() < deadline:  # time for a handler to run, were it allowed
+                    sum(range(1000))
+                events.append("end of block")
+            assert signal.getsignal(signum) is handler
+    finally:
+        signal.signal(signum, previous)
+    assert events == ["end of block", ("handler", signum)]
+
+
 def test_sigterm_while_the_mlflow_run_is_created_still_leaves_it_killed(tmp_path, monkeypatch):
     """A SIGTERM that arrives inside ``create_run`` (the run exists in the store, its id not yet
     kept) is delivered once the id is kept, so the run is marked KILLED, never left RUNNING."""
@@ -313,11 +367,14 @@ def test_sigterm_while_the_mlflow_run_is_created_still_leaves_it_killed(tmp_path
     def create_then_signal(self, *args, **kwargs):
         run = real(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)  # the run exists; its id is not kept yet
+        time.sleep(0.05)  # the GIL changes hands: where a handler could run, it would
         return run
 
     monkeypatch.setattr(type(tracker.client), "create_run", create_then_signal)
     config = RunConfig(family="sine", steps=3, meta_batch=2, val_tasks=2, test_tasks=2)
-    with sigterm_raises(), pytest.raises(Terminated):
+    # Another thread alive, as in a pytest-xdist worker or a process with MLflow's
+    # background threads: the kernel may hand the signal to it rather than to the main thread.
+    with other_thread(), sigterm_raises(), pytest.raises(Terminated):
         Trainer(config, [tracker], progress=False).fit()
     client = tracking_client(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("race").experiment_id])
