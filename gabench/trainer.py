@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from gabench._errors import check_int
 from gabench._memory import check_run_memory
+from gabench._processes import StopRequest
 from gabench.aggregators import Aggregator, weight_stats
 from gabench.algorithms import Algorithm, Learner, StepResult
 from gabench.config import RunConfig, resolve_device
@@ -64,6 +65,30 @@ class Callback:
         any other exception, ``KeyboardInterrupt``, or what a callback raised, such as Optuna's
         ``TrialPruned``). The trainer re-raises ``exc`` afterwards; an error raised here becomes
         a ``RuntimeWarning``, so that the run's own error is the one raised."""
+
+
+class StopAtSafePoint(Callback):
+    """Stops a run at the trainer's next hook after a stop was requested: it raises
+    :class:`~gabench._processes.Terminated` from :meth:`on_start`, :meth:`on_train_log` and
+    :meth:`on_eval` once ``request`` (a :class:`~gabench._processes.StopRequest`) holds a signal.
+
+    A SIGTERM handler that raises lands wherever the process happens to be, e.g. half-way
+    through a tracking-store write, whose failure handling then cannot end the MLflow run; a
+    handler that only fills ``request`` lets the run stop here instead. Put this callback
+    first, so that it raises before the other callbacks of the same hook write anything.
+    """
+
+    def __init__(self, request: StopRequest) -> None:
+        self.request = request
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.request.check()
+
+    def on_train_log(self, steps: np.ndarray, metrics: dict[str, np.ndarray]) -> None:
+        self.request.check()
+
+    def on_eval(self, step: int, split: str, summary: dict[str, Summary]) -> None:
+        self.request.check()
 
 
 class Trainer:

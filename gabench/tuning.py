@@ -32,7 +32,7 @@ from gabench._tuning_setup import expected_setup, recorded_setup, setup_changes
 from gabench.aggregators import check_param_ranges
 from gabench.config import MAX_LEARNING_RATE, RUN_SETTINGS, RunConfig
 from gabench.results import Summary
-from gabench.trainer import Callback, DivergedError, Trainer
+from gabench.trainer import Callback, DivergedError, StopAtSafePoint, Trainer
 
 #: The trials that spend the budget: complete, or pruned (a diverged trial is pruned). A FAIL trial
 #: is one whose process died or was stopped (kill -9, SIGTERM, a lost machine): it is kept as a
@@ -285,19 +285,6 @@ def suggest_config(trial: optuna.Trial, tc: TuneConfig) -> RunConfig:
     return dataclasses.replace(tc.base, **changes)
 
 
-class _StopCheck(Callback):
-    """Raises :class:`~gabench._processes.Terminated` at the trainer's next hook after a SIGTERM."""
-
-    def __init__(self, stop: StopRequest) -> None:
-        self.stop = stop
-
-    def on_train_log(self, steps: Any, metrics: Any) -> None:
-        self.stop.check()
-
-    def on_eval(self, step: int, split: str, summary: dict[str, Summary]) -> None:
-        self.stop.check()
-
-
 def make_objective(tc: TuneConfig, parent_run_id: str | None,
                    stop: StopRequest | None = None) -> Callable[[optuna.Trial], float]:
     metric = OBJECTIVES[tc.objective][0]
@@ -305,7 +292,7 @@ def make_objective(tc: TuneConfig, parent_run_id: str | None,
     def objective(trial: optuna.Trial) -> float:
         config = suggest_config(trial, tc)
         reporter = ValidationReporter(trial, metric, OBJECTIVES[tc.objective][1] == "maximize")
-        callbacks: list[Callback] = [] if stop is None else [_StopCheck(stop)]
+        callbacks: list[Callback] = [] if stop is None else [StopAtSafePoint(stop)]
         tracker = None
         if tc.tracking_uri is not None:
             from gabench.tracking import MLflowTracker

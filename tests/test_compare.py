@@ -256,7 +256,7 @@ def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_kill
     assert not [p for p in workers if alive(p)], "worker processes outlived the terminated compare"
     runs = client.search_runs([exp.experiment_id])
     statuses = sorted(r.info.status for r in runs)
-    assert statuses.count("KILLED") >= 1 and "RUNNING" not in statuses, statuses
+    assert statuses.count("KILLED") >= 1 and "RUNNING" not in statuses, (statuses, err)
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert all("Terminated" in r.data.tags.get("failure_reason", "") for r in killed)
     finished = {p.name for p in (out / "tiny").iterdir() if p.is_dir() and not p.name.startswith(".")}

@@ -239,3 +239,51 @@ def test_a_real_file_size_limit_fails_each_run_in_one_line_and_a_rerun_resumes(t
     assert again.returncode == 0, again.stderr
     assert "0 finished already, 4 to run" in again.stderr
     assert len(set(run_ids_in_table(study_dir))) == 4
+
+
+@pytest.mark.parametrize("call", ["create_run", "log_batch"])
+def test_a_worker_sigterm_inside_a_tracking_write_stops_the_run_at_the_next_hook(tmp_path, monkeypatch, call):
+    """In a pool worker, a SIGTERM that lands inside a tracking-store call does not raise there
+    (a store transaction cut in half can keep the run's failure handling from ending its MLflow
+    run, which then stays RUNNING); the run stops at the trainer's next hook and ends KILLED."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    from gabench._processes import Terminated
+    from gabench.compare import _signals
+    from gabench.compare._tracking import TrackRuns
+    from gabench.tracking import tracking_client
+
+    run = load_study(study_file(tmp_path, TINY_STUDY.replace("steps = 3", "steps = 50"))).runs[0]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    track = TrackRuns(uri, plots=False)
+    track.prepare("tiny")
+    real = getattr(MlflowClient, call)
+    raised_inside: list[str] = []
+
+    def signal_inside(self, *args, **kwargs):
+        if not getattr(signal_inside, "sent", False):
+            signal_inside.sent = True
+            try:  # a handler that raises would raise here, inside the store call
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            except BaseException:
+                raised_inside.append(call)
+                raise
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, call, signal_inside)
+    monkeypatch.setattr(_signals.STOP, "signum", None)  # put back after the test
+    previous = signal.signal(signal.SIGTERM, _signals._worker_sigterm)
+    try:
+        with pytest.raises(Terminated):
+            execute_run(run, "tiny", tmp_path / "out" / run.run_id, callbacks_for=track)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert getattr(signal_inside, "sent", False) and raised_inside == []
+    client = tracking_client(uri)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("gabench-tiny").experiment_id])
+    assert tracked.info.status == "KILLED"
+    assert "Terminated" in tracked.data.tags["failure_reason"]
+    assert run_state(tmp_path / "out" / run.run_id, run.config) != "finished"

@@ -17,7 +17,9 @@ diverges or is stopped is marked FAILED or KILLED in MLflow by the tracker's
 :meth:`~gabench.trainer.Callback.on_fail`.
 
 Stopping: Ctrl-C or SIGTERM stops the worker processes (their unfinished runs leave only
-temporary directories, removed at the next start) and keeps every finished run.
+temporary directories, removed at the next start) and keeps every finished run. A worker's run
+stops at the trainer's next hook (:class:`~gabench.trainer.StopAtSafePoint`), never inside a
+tracking-store write.
 
 Modules: :mod:`~gabench.compare._schedule` (the plan: what to run, in which processes, progress),
 :mod:`~gabench.compare._execute` (one run), :mod:`~gabench.compare._state` (run state and the

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from gabench._errors import storage_full
-from gabench.compare._signals import exit_if_terminated_worker, run_active
+from gabench.compare._signals import STOP, exit_if_terminated_worker, run_active
 from gabench.compare._tracking import CallbacksFor, no_callbacks
 from gabench.study import PlannedRun
 
@@ -40,7 +40,7 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
 
     from gabench.compare._state import run_state
     from gabench.results import write_run
-    from gabench.trainer import DivergedError
+    from gabench.trainer import DivergedError, StopAtSafePoint
 
     start = time.perf_counter()
 
@@ -56,7 +56,8 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
     callbacks: list[Any] = []
     trained = False
     try:
-        callbacks = callbacks_for(run, study)
+        # the stop check first: it raises before the other callbacks of a hook write anything
+        callbacks = [StopAtSafePoint(STOP), *callbacks_for(run, study)]
         with run_active():
             result = train_planned(run, study, callbacks)
         trained = True

@@ -1,4 +1,5 @@
-"""Signals of a compare: SIGTERM stops the parent like Ctrl-C, and a worker only after its run."""
+"""Signals of a compare: SIGTERM stops the parent like Ctrl-C; in a worker it stops the run at
+its next safe point (the trainer's next hook), then the worker."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from gabench._processes import Terminated, die_with_parent
+from gabench._processes import StopRequest, Terminated, die_with_parent
 from gabench._processes import sigterm_raises as sigterm_stops
 
-__all__ = ["STATE", "Terminated", "exit_if_terminated_worker", "run_active", "sigterm_stops",
+__all__ = ["STATE", "STOP", "Terminated", "exit_if_terminated_worker", "run_active", "sigterm_stops",
            "worker_init"]
 
 
@@ -26,16 +27,23 @@ class _ProcessState:
 
 STATE = _ProcessState()
 
+#: A SIGTERM received by a pool worker while its run trains: the run's
+#: :class:`~gabench.trainer.StopAtSafePoint` callback raises it at the trainer's next hook.
+STOP = StopRequest()
+
 
 def _worker_sigterm(signum: int, frame: Any) -> None:
-    """A pool worker being stopped: let the active run mark itself KILLED, then exit.
+    """A pool worker being stopped: outside a run it exits at once; during a run the run stops at
+    its next safe point, marks itself KILLED and the worker exits
+    (:func:`exit_if_terminated_worker`).
 
-    Further SIGTERMs (e.g. the one sent when the parent exits) are ignored from then on, so
-    that they cannot interrupt the run while it records its failure; the worker exits right
-    after (:func:`exit_if_terminated_worker`)."""
+    The handler never raises: raised here, :class:`Terminated` could cut a tracking-store write
+    in half (an SQLite transaction left open), after which the run's failure handling could not
+    end its MLflow run, left RUNNING. A worker that finishes its run before the next hook
+    stops the next run at its start."""
     if STATE.run_active:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated(f"signal {signum}")
+        STOP.signum = signum
+        return
     os._exit(128 + signum)
 
 
