@@ -287,3 +287,37 @@ def test_a_worker_sigterm_inside_a_tracking_write_stops_the_run_at_the_next_hook
     assert tracked.info.status == "KILLED"
     assert "Terminated" in tracked.data.tags["failure_reason"]
     assert run_state(tmp_path / "out" / run.run_id, run.config) != "finished"
+
+
+def test_sigterm_inside_a_tracking_write_of_an_in_process_compare_ends_the_run_killed(tmp_path, monkeypatch):
+    """``--workers 1`` trains in the compare's own process: a SIGTERM there stops the run at its
+    next hook too (not inside the store call), the run ends KILLED and the compare exits 143."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    from gabench.tracking import tracking_client
+
+    path = study_file(tmp_path, TINY_STUDY.replace("steps = 3", "steps = 50"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real = MlflowClient.log_batch
+    raised_inside: list[bool] = []
+
+    def signal_inside(self, *args, **kwargs):
+        if not getattr(signal_inside, "sent", False):
+            signal_inside.sent = True
+            try:  # a handler that raises would raise here, inside the store call
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            except BaseException:
+                raised_inside.append(True)
+                raise
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", signal_inside)
+    code = main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--workers", "1",
+                 "--tracking-uri", uri, "--no-plots"])
+    assert code == 143 and raised_inside == []
+    client = tracking_client(uri)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("gabench-tiny").experiment_id])
+    assert tracked.info.status == "KILLED"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from gabench._processes import StopRequest, Terminated, die_with_parent
-from gabench._processes import sigterm_raises as sigterm_stops
 
 __all__ = ["STATE", "STOP", "Terminated", "exit_if_terminated_worker", "run_active", "sigterm_stops",
            "worker_init"]
@@ -45,6 +45,31 @@ def _worker_sigterm(signum: int, frame: Any) -> None:
         STOP.signum = signum
         return
     os._exit(128 + signum)
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM stops the compare: a run training in
+    this process (``--workers 1``) stops at its next safe point, as a worker's does (see
+    :func:`_worker_sigterm`), and :class:`Terminated` rises from there; otherwise it is raised
+    at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if STATE.run_active:
+            STOP.signum = signum
+            return
+        raise Terminated(f"signal {signum}")
+
+    STOP.signum = None
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        STOP.signum = None
 
 
 def worker_init(parent_pid: int) -> None:
