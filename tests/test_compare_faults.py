@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -241,15 +242,37 @@ def test_a_real_file_size_limit_fails_each_run_in_one_line_and_a_rerun_resumes(t
     assert len(set(run_ids_in_table(study_dir))) == 4
 
 
+class SigtermInside:
+    """Patches ``MlflowClient.<call>`` so that its first call sends this process a SIGTERM and
+    waits briefly before doing its work: a handler that raises would raise inside the store call
+    (noted in ``raised_inside``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+        from mlflow import MlflowClient
+
+        self.sent = False
+        self.raised_inside = False
+        real = getattr(MlflowClient, call)
+
+        def signal_inside(client, *args, **kwargs):
+            if not self.sent:
+                self.sent = True
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.05)
+                except BaseException:
+                    self.raised_inside = True
+                    raise
+            return real(client, *args, **kwargs)
+
+        monkeypatch.setattr(MlflowClient, call, signal_inside)
+
+
 @pytest.mark.parametrize("call", ["create_run", "log_batch"])
 def test_a_worker_sigterm_inside_a_tracking_write_stops_the_run_at_the_next_hook(tmp_path, monkeypatch, call):
     """In a pool worker, a SIGTERM that lands inside a tracking-store call does not raise there
     (a store transaction cut in half can keep the run's failure handling from ending its MLflow
     run, which then stays RUNNING); the run stops at the trainer's next hook and ends KILLED."""
-    import signal
-
-    from mlflow import MlflowClient
-
     from gabench._processes import Terminated
     from gabench.compare import _signals
     from gabench.compare._tracking import TrackRuns
@@ -259,21 +282,7 @@ def test_a_worker_sigterm_inside_a_tracking_write_stops_the_run_at_the_next_hook
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     track = TrackRuns(uri, plots=False)
     track.prepare("tiny")
-    real = getattr(MlflowClient, call)
-    raised_inside: list[str] = []
-
-    def signal_inside(self, *args, **kwargs):
-        if not getattr(signal_inside, "sent", False):
-            signal_inside.sent = True
-            try:  # a handler that raises would raise here, inside the store call
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)
-            except BaseException:
-                raised_inside.append(call)
-                raise
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, call, signal_inside)
+    inside = SigtermInside(monkeypatch, call)
     monkeypatch.setattr(_signals.STOP, "signum", None)  # put back after the test
     previous = signal.signal(signal.SIGTERM, _signals._worker_sigterm)
     try:
@@ -281,7 +290,7 @@ def test_a_worker_sigterm_inside_a_tracking_write_stops_the_run_at_the_next_hook
             execute_run(run, "tiny", tmp_path / "out" / run.run_id, callbacks_for=track)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert getattr(signal_inside, "sent", False) and raised_inside == []
+    assert inside.sent and not inside.raised_inside
     client = tracking_client(uri)
     (tracked,) = client.search_runs([client.get_experiment_by_name("gabench-tiny").experiment_id])
     assert tracked.info.status == "KILLED"
@@ -292,32 +301,14 @@ def test_a_worker_sigterm_inside_a_tracking_write_stops_the_run_at_the_next_hook
 def test_sigterm_inside_a_tracking_write_of_an_in_process_compare_ends_the_run_killed(tmp_path, monkeypatch):
     """``--workers 1`` trains in the compare's own process: a SIGTERM there stops the run at its
     next hook too (not inside the store call), the run ends KILLED and the compare exits 143."""
-    import signal
-
-    from mlflow import MlflowClient
-
     from gabench.tracking import tracking_client
 
     path = study_file(tmp_path, TINY_STUDY.replace("steps = 3", "steps = 50"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    real = MlflowClient.log_batch
-    raised_inside: list[bool] = []
-
-    def signal_inside(self, *args, **kwargs):
-        if not getattr(signal_inside, "sent", False):
-            signal_inside.sent = True
-            try:  # a handler that raises would raise here, inside the store call
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)
-            except BaseException:
-                raised_inside.append(True)
-                raise
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "log_batch", signal_inside)
+    inside = SigtermInside(monkeypatch, "log_batch")
     code = main(["compare", str(path), "--out-root", str(tmp_path / "runs"), "--workers", "1",
                  "--tracking-uri", uri, "--no-plots"])
-    assert code == 143 and raised_inside == []
+    assert code == 143 and not inside.raised_inside
     client = tracking_client(uri)
     (tracked,) = client.search_runs([client.get_experiment_by_name("gabench-tiny").experiment_id])
     assert tracked.info.status == "KILLED"

@@ -32,6 +32,14 @@ STATE = _ProcessState()
 STOP = StopRequest()
 
 
+def _stop_the_active_run(signum: int) -> bool:
+    """Note ``signum`` in :data:`STOP` if a run trains in this process (True), for the run to
+    stop at its next safe point; False: no run trains."""
+    if STATE.run_active:
+        STOP.signum = signum
+    return STATE.run_active
+
+
 def _worker_sigterm(signum: int, frame: Any) -> None:
     """A pool worker being stopped: outside a run it exits at once; during a run the run stops at
     its next safe point, marks itself KILLED and the worker exits
@@ -41,10 +49,8 @@ def _worker_sigterm(signum: int, frame: Any) -> None:
     in half (an SQLite transaction left open), after which the run's failure handling could not
     end its MLflow run, left RUNNING. A worker that finishes its run before the next hook
     stops the next run at its start."""
-    if STATE.run_active:
-        STOP.signum = signum
-        return
-    os._exit(128 + signum)
+    if not _stop_the_active_run(signum):
+        os._exit(128 + signum)
 
 
 @contextmanager
@@ -58,10 +64,8 @@ def sigterm_stops() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if STATE.run_active:
-            STOP.signum = signum
-            return
-        raise Terminated(f"signal {signum}")
+        if not _stop_the_active_run(signum):
+            raise Terminated(f"signal {signum}")
 
     STOP.signum = None
     previous = signal.signal(signal.SIGTERM, handler)
