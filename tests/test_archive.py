@@ -264,3 +264,32 @@ def test_the_archive_records_paths_relative_to_the_study_file(tmp_path, monkeypa
     # a copy of the archive is read as it is, not redirected to the live one
     shutil.copytree(tmp_path / "reports" / "tiny" / "data", tmp_path / "copy")
     assert rd.resolve_source(tmp_path / "copy") == tmp_path / "copy"
+
+
+def test_runs_added_or_redone_drop_the_tuning_tables_a_report_kept_and_nothing_else(tmp_path, capsys):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    run_study(load_study(path), tmp_path / "runs")
+
+    def keep_extras():  # what a report of a tuned study leaves in data/ (trials of an earlier tuning)
+        data = rd.read_report_data(archive)
+        data.extra = {name: pd.DataFrame({"study": ["tiny__sine__maml"], "number": [0]})
+                      for name in ("tuning_studies", "tuning_trials", "untuned_means")}
+        data.write_extras(archive)
+
+    def listed():
+        return json.loads((archive / "data.json").read_text())["extra"]
+
+    keep_extras()
+    run_study(load_study(path), tmp_path / "runs")  # nothing new: the tables stay
+    assert listed() == ["tuning_studies", "tuning_trials", "untuned_means"]
+    path.write_text(path.read_text().replace("seeds = 2", "seeds = 3"))
+    run_study(load_study(path), tmp_path / "runs")  # runs added
+    assert listed() == ["untuned_means"]
+    assert not any((archive / f"{name}.parquet").exists() for name in ("tuning_studies", "tuning_trials"))
+    assert (archive / "untuned_means.parquet").is_file()
+    assert set(rd.read_report_data(archive).extra) == {"untuned_means"}
+    keep_extras()
+    path.write_text(path.read_text().replace("steps = 3", "steps = 4"))
+    code, _ = _compare(path, tmp_path / "runs", capsys, "--redo-changed")  # runs redone
+    assert code == 0 and listed() == ["untuned_means"] and len(_archived_runs(archive)) == 6

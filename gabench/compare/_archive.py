@@ -64,8 +64,14 @@ def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> i
     plan) stay. ``failures`` (run id -> reason, this compare's) are merged into the archive's
     ``failed.json``; a run that finished since leaves it. The archive's ``study.json`` becomes
     the study directory's (the plan), with the provenance of every archived run.
+
+    A report of a tuned study keeps its Optuna trials in the archive (``tuning_studies``,
+    ``tuning_trials``). Once runs are added or redone, those tables may predate them (a cell tuned
+    again, then its runs redone), so they are dropped, and the next ``gabench report`` reads them
+    from the Optuna storage again. The other tables a report keeps there stay.
     """
     from gabench.reporting import _data as rd  # the report's tables (imported late: matplotlib)
+    from gabench.reporting.tuning_section import STUDIES, TRIALS
 
     archive = study.archive
     assert archive is not None
@@ -107,8 +113,11 @@ def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> i
         meta["run_commits"] = {k: v for k, v in commits.items() if k in known}
         tables = {name: pd.concat([getattr(p, name) for p in parts], ignore_index=True)
                   for name in rd._TABLES}
-        merged = rd.ReportData(study.name, archive, meta=meta, failures=merged_failures,
-                               extra=old.extra if old else {},
+        extra = dict(old.extra) if old is not None else {}
+        if new_ids or stale:  # the tuning tables a report kept describe the runs before these
+            for name in (STUDIES, TRIALS):
+                extra.pop(name, None)
+        merged = rd.ReportData(study.name, archive, meta=meta, failures=merged_failures, extra=extra,
                                configs={**{k: configs[k] for k in keep}, **recorded}, **tables)
         merged.write_locked(archive)
     return len(new_ids)

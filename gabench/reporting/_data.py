@@ -192,7 +192,10 @@ class ReportData:
             write_parquet(out / f"{name}.parquet", table)
         write_json(out / "study.json", self.meta)
         write_json(out / "failed.json", self.failures)
+        listed = _read_json(out / "data.json", {}).get("extra", []) if (out / "data.json").is_file() else []
         write_json(out / "data.json", {"format": DATA_FORMAT, "name": self.name, "extra": sorted(self.extra)})
+        for name in set(listed) - set(self.extra):  # tables dropped: no stale file is left behind
+            (out / f"{name}.parquet").unlink(missing_ok=True)
         if self.configs or before is not None:
             write_json(configs_file, self.configs)  # last: from here on the new runs count
 
