@@ -293,3 +293,26 @@ def test_runs_added_or_redone_drop_the_tuning_tables_a_report_kept_and_nothing_e
     path.write_text(path.read_text().replace("steps = 3", "steps = 4"))
     code, _ = _compare(path, tmp_path / "runs", capsys, "--redo-changed")  # runs redone
     assert code == 0 and listed() == ["untuned_means"] and len(_archived_runs(archive)) == 6
+
+
+@pytest.mark.parametrize("archived", [True, False])
+def test_while_a_compare_runs_an_archive_is_refreshed_instead_of_the_study_table(tmp_path, monkeypatch,
+                                                                                archived):
+    import gabench.compare._schedule as schedule
+
+    calls = []
+    for name in ("rebuild_table", "update_archive"):
+        real = getattr(schedule, name)
+        monkeypatch.setattr(schedule, name,
+                            lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
+    monkeypatch.setattr(schedule, "REBUILD_EVERY_S", -1.0)  # a refresh after every run
+    path = study_file(tmp_path, ARCHIVED if archived else TINY_STUDY)
+    result = run_study(load_study(path), tmp_path / "runs")
+    assert result.finished == 4
+    if archived:  # 4 refreshes of the archive and the final one; the study table once, at the end
+        assert calls.count("update_archive") == 5 and calls.count("rebuild_table") == 1
+        assert _archived_runs(tmp_path / "reports" / "tiny" / "data") == sorted(
+            f"sine__{m}__s{s}" for s in (0, 1) for m in ("maml", "maml+ga"))
+    else:
+        assert calls.count("rebuild_table") == 5 and "update_archive" not in calls
+    assert len(pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")["run"].unique()) == 4

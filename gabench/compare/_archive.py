@@ -4,10 +4,11 @@ A run directory holds the full per-step record (up to a few MB for a long run wi
 weights), so ``runs/`` is not committed; a study that takes longer than one session on one machine
 would be lost with it. A study file's ``archive = "../reports/<name>/data"`` names a report
 ``data/`` directory (:mod:`gabench.reporting._data`) to which ``gabench compare`` adds each finished
-run's per-seed summaries and its recorded configuration (``run_configs.json``), at every rebuild of
-the study table (every 10 minutes) and at the end. On any machine, a planned run whose archived
-configuration matches the plan counts as finished and is not run again, and ``gabench report``
-reads the archive, so the report covers every run whichever machine ran it.
+run's per-seed summaries and its recorded configuration (``run_configs.json``) every 10 minutes
+and at the end (the study table in the study directory is then rebuilt at the end only). On any
+machine, a planned run whose archived configuration matches the plan counts as finished and is
+not run again, and ``gabench report`` reads the archive, so the report covers every run whichever
+machine ran it.
 
 The archive is written under its own lock (several compares may share it, e.g. one per
 ``--out-root``), each file atomically, ``run_configs.json`` last (see
