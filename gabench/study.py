@@ -680,14 +680,20 @@ class _StudyReader:
         out["tuned"] = None
         if "tuned" in spec:
             tk = _join(key, "tuned")
-            t = self.table(tk, spec["tuned"], ("storage", "study"))
+            t = self.table(tk, spec["tuned"], ("storage", "study", "trials"))
             for part in ("storage", "study"):
                 if not isinstance(t.get(part), str) or not t[part]:
                     raise self.error(_join(tk, part), "missing; expected a string")
+            trials = t.get("trials", 0)
+            if "trials" in t and (not isinstance(trials, int) or isinstance(trials, bool)
+                                  or not 1 <= trials <= MAX_SEED):
+                raise self.error(_join(tk, "trials"), f"expected an integer in [1, {MAX_SEED}] (the "
+                                 "finished trials the Optuna study must hold before its best trial is "
+                                 f"used), got {trials!r}")
             for part in ("alpha", "beta"):
                 if part in spec:
                     raise self.error(_join(key, part), "set both here and by `tuned`; keep one")
-            out["tuned"] = Tuned(t["storage"], t["study"])
+            out["tuned"] = Tuned(t["storage"], t["study"], trials)
         per_family = self.table(_join(key, "families"), spec.get("families", {}))
         out["per_family"] = {}
         for flabel, fspec in per_family.items():
@@ -846,7 +852,7 @@ class _StudyReader:
         if set(_PLACEHOLDER.findall(template)) - {"{family}", "{method}"} or \
                 "{" in _PLACEHOLDER.sub("", template) or "}" in _PLACEHOLDER.sub("", template):
             raise self.error(_join(key, "study"), "only {family} and {method} may appear in braces")
-        ref = Tuned(t.storage, template.replace("{family}", flabel).replace("{method}", mlabel))
+        ref = Tuned(t.storage, template.replace("{family}", flabel).replace("{method}", mlabel), t.min_trials)
         try:
             params = self.load_tuned(ref)
         except (ValueError, ImportError) as exc:

@@ -125,6 +125,32 @@ def test_tuned_with_a_real_optuna_storage(tmp_path):
         load_study(bad)
 
 
+def test_a_tuned_reference_with_trials_waits_for_the_optuna_study_to_hold_them(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    st = optuna.create_study(study_name="sine-maml", storage=storage)
+    dist = {"alpha": optuna.distributions.FloatDistribution(1e-3, 1, log=True),
+            "beta": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    for i, state in enumerate(("COMPLETE", "PRUNED", "FAIL")):
+        st.add_trial(optuna.trial.create_trial(params={"alpha": 0.1 + i / 10, "beta": 0.01},
+                                               distributions=dist, value=1.0 if state == "COMPLETE" else None,
+                                               intermediate_values={} if state != "PRUNED" else {0: 2.0},
+                                               state=optuna.trial.TrialState[state]))
+
+    def study_with(trials: object):
+        ref = f'tuned = {{ storage = "{storage}", study = "sine-maml", trials = {trials} }}'
+        return write(tmp_path, BASE.replace('[methods.maml]\nalgorithm = "maml"',
+                                            f'[methods.maml]\nalgorithm = "maml"\n{ref}'), f"t{trials}.toml")
+
+    assert next(r.config for r in load_study(study_with(2)).runs if r.method_label == "maml").alpha == 0.1
+    with pytest.raises(StudyError, match=r"t3\.toml: methods\.maml\.tuned: .*'sine-maml'.* holds 2 of its 3 "
+                                         r"trials \(tuning not finished\)"):
+        load_study(study_with(3))  # complete and pruned trials count; the failed one does not
+    for bad in (0, '"30"', "true"):
+        with pytest.raises(StudyError, match=r"methods\.maml\.tuned\.trials: expected an integer in \[1, "):
+            load_study(study_with(bad))
+
+
 ERRORS = [
     ("colour = 1", "colour", "unknown key"),
     ("seeds = 0", "seeds", "count in [1, 10000]"),
