@@ -32,7 +32,8 @@ File format (every key but ``families`` and ``methods`` is optional)::
     first_order = false
     beta = 0.001                     # run settings for this method only
     families.sine = { alpha = 0.02 } # run settings for this method on one family only
-    # tuned = { storage = "sqlite:///optuna.db", study = "{family}__{method}" }  (gabench tune's names)
+    # tuned = { storage = "sqlite:///optuna.db", study = "{family}__{method}" }  (gabench tune's names;
+    #   trials = 30 refuses the study until that Optuna study holds 30 finished trials)
     # baseline = "maml"              # the method GA is compared with (default: found)
 
 Precedence, lowest first: ``[defaults]``, the family's settings, the method's, the method's
@@ -124,7 +125,8 @@ class Tuned:
         storage: Optuna storage URL (``sqlite:///tuning.db``).
         study: Study name; ``{family}`` and ``{method}`` are replaced by the labels.
         min_trials: Finished trials the study must hold before its best trial is used (a
-            study file's ``[tuning]`` budget; 0: any completed trial will do).
+            study file's ``[tuning]`` budget, or a ``tuned = {...}`` reference's ``trials``; 0: any
+            completed trial will do).
     """
 
     storage: str
@@ -409,6 +411,12 @@ class _StudyReader:
         return StudyError(self.path, key, problem)
 
     # ------------------------------------------------------------------ generic checks
+    def integer(self, key: str, value: Any, minimum: int) -> int:
+        """``value`` if it is an integer in [minimum, MAX_SEED], else the one-line error for ``key``."""
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_SEED:
+            raise self.error(key, f"expected an integer in [{minimum}, {MAX_SEED}], got {value!r}")
+        return value
+
     def table(self, key: str, value: Any, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.error(key, f"expected a table, got {_describe(value)}")
@@ -518,11 +526,7 @@ class _StudyReader:
         out: dict[str, Any] = {"storage": self.storage_url(data["storage"])}
         for name, minimum in (("trials", 1), ("sampler_seed", 0), ("seed", 0), ("prune_warmup", 0)):
             if name in data:
-                v = data[name]
-                if not isinstance(v, int) or isinstance(v, bool) or not minimum <= v <= MAX_SEED:
-                    raise self.error(_join("tuning", name),
-                                     f"expected an integer in [{minimum}, {MAX_SEED}], got {v!r}")
-                out[name] = v
+                out[name] = self.integer(_join("tuning", name), data[name], minimum)
         for name, allowed in (("objective", ("loss", "acc")), ("select", SELECTS)):
             if name in data:
                 if data[name] not in allowed:
@@ -684,12 +688,7 @@ class _StudyReader:
             for part in ("storage", "study"):
                 if not isinstance(t.get(part), str) or not t[part]:
                     raise self.error(_join(tk, part), "missing; expected a string")
-            trials = t.get("trials", 0)
-            if "trials" in t and (not isinstance(trials, int) or isinstance(trials, bool)
-                                  or not 1 <= trials <= MAX_SEED):
-                raise self.error(_join(tk, "trials"), f"expected an integer in [1, {MAX_SEED}] (the "
-                                 "finished trials the Optuna study must hold before its best trial is "
-                                 f"used), got {trials!r}")
+            trials = self.integer(_join(tk, "trials"), t["trials"], 1) if "trials" in t else 0
             for part in ("alpha", "beta"):
                 if part in spec:
                     raise self.error(_join(key, part), "set both here and by `tuned`; keep one")
@@ -856,7 +855,9 @@ class _StudyReader:
         try:
             params = self.load_tuned(ref)
         except (ValueError, ImportError) as exc:
-            raise self.error(key, str(exc)) from None
+            hint = "; finish tuning it first (rerun the gabench tune command that fills it)" \
+                if ref.min_trials and "tuning not finished" in str(exc) else ""
+            raise self.error(key, f"{exc}{hint}") from None
         out = {}
         for part in ("alpha", "beta"):
             if part not in params:

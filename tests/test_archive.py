@@ -295,6 +295,42 @@ def test_runs_added_or_redone_drop_the_tuning_tables_a_report_kept_and_nothing_e
     assert code == 0 and listed() == ["untuned_means"] and len(_archived_runs(archive)) == 6
 
 
+def test_a_report_read_before_runs_were_added_does_not_write_its_tuning_tables_back(tmp_path):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    run_study(load_study(path), tmp_path / "runs")
+    report = rd.read_report_data(archive)  # a report reads the archive ...
+    report.extra = {name: pd.DataFrame({"study": ["tiny__sine__maml"], "number": [0]})
+                    for name in ("tuning_studies", "tuning_trials", "untuned_means")}
+    path.write_text(path.read_text().replace("seeds = 2", "seeds = 3"))
+    run_study(load_study(path), tmp_path / "runs")  # ... a compare adds runs meanwhile ...
+    report.write_extras(archive)  # ... and the report keeps its tables: not those bound to its runs
+    assert json.loads((archive / "data.json").read_text())["extra"] == ["untuned_means"]
+    assert not (archive / "tuning_trials.parquet").exists() and len(_archived_runs(archive)) == 6
+    fresh = rd.read_report_data(archive)
+    fresh.extra = dict(report.extra)
+    fresh.write_extras(archive)  # read after the compare: written
+    assert json.loads((archive / "data.json").read_text())["extra"] == [
+        "tuning_studies", "tuning_trials", "untuned_means"]
+
+
+def test_a_write_removes_only_plain_extra_tables_the_data_json_listed(tmp_path):
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    run_study(load_study(path), tmp_path / "runs")
+    outside = tmp_path / "reports" / "tiny" / "keep.parquet"
+    outside.write_bytes(b"not ours")
+    info = json.loads((archive / "data.json").read_text())
+    (archive / "data.json").write_text(json.dumps({**info, "extra": ["runs", "../keep", "gone"]}))
+    (archive / "gone.parquet").write_bytes(b"x")
+    old = rd.ReportData("tiny", archive, meta=json.loads((archive / "study.json").read_text()),
+                        configs=json.loads((archive / rd.RUN_CONFIGS).read_text()),
+                        **{name: pd.read_parquet(archive / f"{name}.parquet") for name in rd._TABLES})
+    old.write(archive)
+    assert (archive / "runs.parquet").is_file() and outside.read_bytes() == b"not ours"
+    assert not (archive / "gone.parquet").exists()
+
+
 @pytest.mark.parametrize("archived", [True, False])
 def test_while_a_compare_runs_an_archive_is_refreshed_instead_of_the_study_table(tmp_path, monkeypatch,
                                                                                 archived):

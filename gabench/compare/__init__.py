@@ -7,7 +7,8 @@ exists only when the run finished, so after an interruption, even ``kill -9``, t
 skips the finished runs, removes leftover temporary directories and redoes the rest: no run is
 lost or counted twice. At the end (and every 10 minutes meanwhile) the study table
 ``<out-root>/<study>/results.parquet`` (and ``weights.parquet``) is rebuilt from the finished
-runs of the plan.
+runs of the plan; for a study with an ``archive`` the archive is updated every 10 minutes
+instead (:mod:`gabench.compare._archive`) and the table is rebuilt at the end.
 
 Tracking: ``run_study(..., callbacks_for=f)`` calls ``f(run, study_name)`` in the process that
 runs each planned run and passes the returned :class:`~gabench.trainer.Callback` objects to the

@@ -72,7 +72,6 @@ def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> i
     from the Optuna storage again. The other tables a report keeps there stay.
     """
     from gabench.reporting import _data as rd  # the report's tables (imported late: matplotlib)
-    from gabench.reporting.tuning_section import STUDIES, TRIALS
 
     archive = study.archive
     assert archive is not None
@@ -116,7 +115,7 @@ def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> i
                   for name in rd._TABLES}
         extra = dict(old.extra) if old is not None else {}
         if new_ids or stale:  # the tuning tables a report kept describe the runs before these
-            for name in (STUDIES, TRIALS):
+            for name in rd.RUN_BOUND_EXTRAS:
                 extra.pop(name, None)
         merged = rd.ReportData(study.name, archive, meta=meta, failures=merged_failures, extra=extra,
                                configs={**{k: configs[k] for k in keep}, **recorded}, **tables)

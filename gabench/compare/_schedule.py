@@ -32,7 +32,7 @@ from gabench.study import PlannedRun, Study
 #: ``gabench report`` can show the runs finished so far). A study with an archive has its archive
 #: updated instead (the report reads it): a rebuild reads every finished run's tables again, which
 #: grows with the study (20 s for 540 runs), while the archive adds only the new runs. Its table
-#: is rebuilt once, at the end.
+#: is rebuilt at the end (and meanwhile only when the archive cannot be updated).
 REBUILD_EVERY_S = 600.0
 
 
@@ -159,12 +159,14 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                     storage_errors.append(str(exc))
                 return None
 
-        def archive_runs() -> None:
-            """Add the finished runs to the study's archive; a failure is one line, not the end."""
+        def archive_runs() -> bool:
+            """Add the finished runs to the study's archive; a failure is one line, not the end.
+            Returns whether the archive holds them (False also for a study without one)."""
             if study.archive is None:
-                return
+                return False
             try:
                 update_archive(study, study_dir, failures)
+                return True
             except StorageFullError:
                 raise
             except Exception as exc:  # the runs stay in study_dir and the next compare archives them
@@ -172,6 +174,7 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                         f"{study_dir}/ and the next compare archives them")
                 if line not in storage_errors:
                     storage_errors.append(line)
+                return False
 
         ran = 0
         start = last_rebuild = time.monotonic()
@@ -189,10 +192,9 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                     failures[outcome["run_id"]] = outcome["message"]
                 _progress(log, time.monotonic() - start, ran, len(todo), done, len(study.runs), outcome)
                 if time.monotonic() - last_rebuild > REBUILD_EVERY_S:  # `gabench report` meanwhile
-                    if study.archive is None:  # else the report reads the archive, updated below
-                        keep_going(lambda: rebuild_table(study, study_dir))
                     keep_going(write_meta)
-                    keep_going(archive_runs)
+                    if not keep_going(archive_runs):  # a report reads the archive when there is one
+                        keep_going(lambda: rebuild_table(study, study_dir))
                     last_rebuild = time.monotonic()
         finally:
             # on a full disk each of these keeps its previous file (written atomically) and

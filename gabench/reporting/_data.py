@@ -61,6 +61,12 @@ STEP_BINS = 50
 #: Format tag of a report's ``data/`` directory.
 DATA_FORMAT = "gabench-report-data/1"
 _TABLES = ("runs", "test", "curves", "run_stats", "weight_hist", "outlier_weights")
+#: Extra tables that describe the runs they were read with: a report of a tuned study keeps the
+#: Optuna trials behind its runs (:mod:`gabench.reporting.tuning_section`). Once runs are added
+#: to an archive or redone (a cell tuned again, then its runs redone), they may predate those
+#: runs, so the archive drops them and a report never writes them back over newer runs; the
+#: next report reads them from the Optuna storage again.
+RUN_BOUND_EXTRAS = ("tuning_studies", "tuning_trials")
 #: The file of a ``data/`` directory that makes it an archive (run id -> recorded configuration).
 RUN_CONFIGS = "run_configs.json"
 _RUN_COLUMNS = ["run", "family", "family_label", "setting", "method", "algorithm", "aggregator",
@@ -192,9 +198,9 @@ class ReportData:
             write_parquet(out / f"{name}.parquet", table)
         write_json(out / "study.json", self.meta)
         write_json(out / "failed.json", self.failures)
-        listed = _read_json(out / "data.json", {}).get("extra", []) if (out / "data.json").is_file() else []
+        listed = _listed_extras(out)
         write_json(out / "data.json", {"format": DATA_FORMAT, "name": self.name, "extra": sorted(self.extra)})
-        for name in set(listed) - set(self.extra):  # tables dropped: no stale file is left behind
+        for name in listed - set(self.extra):  # tables dropped: no stale file is left behind
             (out / f"{name}.parquet").unlink(missing_ok=True)
         if self.configs or before is not None:
             write_json(configs_file, self.configs)  # last: from here on the new runs count
@@ -202,12 +208,16 @@ class ReportData:
     def write_extras(self, out: Path) -> None:
         """Add this report's extra tables (e.g. the tuning tables) to ``out`` without touching the
         runs' tables: for a report made from the archive it is written into (a compare may have
-        added runs since it was read)."""
+        added runs since it was read). The :data:`RUN_BOUND_EXTRAS` are not written when the
+        archive's runs are no longer those this report read."""
         with data_lock(out):
-            for name, table in self.extra.items():
+            configs_file = out / RUN_CONFIGS
+            runs_changed = configs_file.is_file() and _read_json(configs_file, {}) != self.configs
+            extras = {k: v for k, v in self.extra.items() if not (runs_changed and k in RUN_BOUND_EXTRAS)}
+            for name, table in extras.items():
                 write_parquet(out / f"{name}.parquet", table)
             info = _read_json(out / "data.json", {})
-            extra = sorted(set(info.get("extra", [])) | set(self.extra))
+            extra = sorted(_listed_extras(out) | set(extras))
             write_json(out / "data.json", {**info, "format": DATA_FORMAT, "name": self.name, "extra": extra})
 
     def only(self, run_ids: set[str]) -> ReportData:
@@ -554,3 +564,13 @@ def _read_json(path: Path, default: Any) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("source", str(path), f"a valid JSON file ({_first_line(exc)})") from None
+
+
+def _listed_extras(out: Path) -> set[str]:
+    """The extra tables ``out/data.json`` lists: plain names only, never one of the run tables (a
+    name read from a shared file decides which files a write removes)."""
+    info = _read_json(out / "data.json", {})
+    names = info.get("extra", []) if isinstance(info, dict) else []
+    if not isinstance(names, list):
+        return set()
+    return {n for n in names if isinstance(n, str) and n.isidentifier() and n not in _TABLES}

@@ -49,9 +49,9 @@ import pandas as pd
 
 from gabench._errors import ConfigError
 from gabench.reporting import _analysis as an
-from gabench.reporting._data import ReportData, read_report_data
+from gabench.reporting._data import RUN_BOUND_EXTRAS, ReportData, read_report_data
 
-STUDIES, TRIALS = "tuning_studies", "tuning_trials"
+STUDIES, TRIALS = RUN_BOUND_EXTRAS  # dropped from an archive when its runs change
 UNTUNED_COMPARISONS, UNTUNED_MEANS = "untuned_comparisons", "untuned_means"
 #: A best value within this share of its range's log-width of an end is flagged EDGE.
 EDGE_FRACTION = 0.1
