@@ -331,24 +331,32 @@ def test_a_write_removes_only_plain_extra_tables_the_data_json_listed(tmp_path):
     assert not (archive / "gone.parquet").exists()
 
 
-@pytest.mark.parametrize("archived", [True, False])
+@pytest.mark.parametrize("archived", ["yes", "no", "broken"])
 def test_while_a_compare_runs_an_archive_is_refreshed_instead_of_the_study_table(tmp_path, monkeypatch,
                                                                                 archived):
     import gabench.compare._schedule as schedule
 
     calls = []
+
+    def broken(*args):
+        raise RuntimeError("cannot write here")
+
     for name in ("rebuild_table", "update_archive"):
-        real = getattr(schedule, name)
+        real = broken if (archived, name) == ("broken", "update_archive") else getattr(schedule, name)
         monkeypatch.setattr(schedule, name,
                             lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
     monkeypatch.setattr(schedule, "REBUILD_EVERY_S", -1.0)  # a refresh after every run
-    path = study_file(tmp_path, ARCHIVED if archived else TINY_STUDY)
+    path = study_file(tmp_path, TINY_STUDY if archived == "no" else ARCHIVED)
     result = run_study(load_study(path), tmp_path / "runs")
     assert result.finished == 4
-    if archived:  # 4 refreshes of the archive and the final one; the study table once, at the end
+    if archived == "yes":  # 4 refreshes of the archive and the final one; the study table once, at the end
         assert calls.count("update_archive") == 5 and calls.count("rebuild_table") == 1
         assert _archived_runs(tmp_path / "reports" / "tiny" / "data") == sorted(
             f"sine__{m}__s{s}" for s in (0, 1) for m in ("maml", "maml+ga"))
-    else:
+    elif archived == "no":
         assert calls.count("rebuild_table") == 5 and "update_archive" not in calls
+    else:  # the archive cannot be updated: the study table is refreshed as without one
+        assert calls.count("update_archive") == 5 and calls.count("rebuild_table") == 5
+        assert any("archive not updated (RuntimeError: cannot write here)" in line
+                   for line in result.storage_errors)
     assert len(pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")["run"].unique()) == 4
