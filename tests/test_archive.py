@@ -360,3 +360,34 @@ def test_while_a_compare_runs_an_archive_is_refreshed_instead_of_the_study_table
         assert any("archive not updated (RuntimeError: cannot write here)" in line
                    for line in result.storage_errors)
     assert len(pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")["run"].unique()) == 4
+
+
+def test_a_study_still_running_is_reported_on_its_complete_seeds_without_touching_the_archive(tmp_path,
+                                                                                              capsys):
+    path = study_file(tmp_path, ARCHIVED.replace("seeds = 2", "seeds = 3"))
+    archive = tmp_path / "reports" / "tiny" / "data"
+    run_study(load_study(path), tmp_path / "runs")
+    configs = json.loads((archive / rd.RUN_CONFIGS).read_text())
+    del configs["sine__maml+ga__s2"]  # seed 2 is half done: its maml+ga run has not finished
+    (archive / rd.RUN_CONFIGS).write_text(json.dumps(configs))
+    before = {f.name: f.read_bytes() for f in archive.iterdir() if f.is_file()}
+    capsys.readouterr()
+    assert main(["report", str(path), "--reports-root", str(tmp_path / "reports")]) == 2
+    assert "the same seeds for 'maml+ga' and its baseline 'maml'" in capsys.readouterr().err
+    assert main(["report", str(path), "--reports-root", str(tmp_path / "reports"), "--complete-seeds"]) == 0
+    text = (tmp_path / "reports" / "tiny" / "README.md").read_text()
+    assert "- **Partial report:** the 2 of 3 planned seeds whose 4 planned runs have all finished " \
+        "(seeds 0, 1;" in text and "1 finished runs of other seeds are left out" in text
+    assert "--complete-seeds" in text.split("```bash")[1].split("```")[0]  # the command that regenerates it
+    assert "- Seeds: 2 (0, 1)." in text
+    comparisons = pd.read_csv(tmp_path / "reports" / "tiny" / "comparisons.csv")
+    assert set(comparisons["n_seeds"]) == {2}
+    after = {f.name: f.read_bytes() for f in archive.iterdir() if f.is_file()}
+    assert after == before  # the archive keeps every run (nothing to add to it here)
+    configs = {k: v for k, v in configs.items() if k not in ("sine__maml__s0", "sine__maml__s1")}
+    (archive / rd.RUN_CONFIGS).write_text(json.dumps(configs))  # no seed is complete
+    capsys.readouterr()
+    assert main(["report", str(path), "--reports-root", str(tmp_path / "reports"), "--complete-seeds"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--complete-seeds" in err[0]
+    assert "none has yet; seed 0: 1 of 2, seed 1: 1 of 2, seed 2: 1 of 2" in err[0]

@@ -31,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "--reports-root reports)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling of the "
                    "aggregates (0)")
+    p.add_argument("--complete-seeds", action="store_true",
+                   help="report only the seeds whose planned runs have all finished: a study that is still "
+                        "running (a compare runs its plan seed by seed), every compared pair on the same "
+                        "seeds; the header says what was left out")
     g = p.add_argument_group("a tuned study (one with a [tuning] table)")
     g.add_argument("--tuning-storage", metavar="URL", default=None,
                    help="read the Optuna trials from this storage (journal:PATH, sqlite:///PATH) instead of "
@@ -52,11 +56,14 @@ def run(args: argparse.Namespace) -> int:
         parts += ["--reports-root", str(args.reports_root)]
     if args.seed != 0:
         parts += ["--seed", str(args.seed)]
+    if args.complete_seeds:
+        parts.append("--complete-seeds")
     for option, value in (("--tuning-storage", args.tuning_storage), ("--untuned", args.untuned)):
         if value is not None:
             parts += [option, str(value)]
     path = report_study(args.source, args.runs_root, args.reports_root, args.seed,
-                        command=shlex.join(parts), tuning_storage=args.tuning_storage, untuned=args.untuned)
+                        command=shlex.join(parts), tuning_storage=args.tuning_storage, untuned=args.untuned,
+                        only_complete_seeds=args.complete_seeds)
     print(f"report written to {path}")
     return 0
 
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def report_study(source: str | Path, runs_root: str | Path = "runs",
                  reports_root: str | Path = DEFAULT_REPORTS_ROOT,
                  seed: int = 0, command: str | None = None, tuning_storage: str | None = None,
-                 untuned: str | Path | None = None) -> Path:
+                 untuned: str | Path | None = None, only_complete_seeds: bool = False) -> Path:
     """Load a study's tables and write ``<reports_root>/<study>/README.md``; returns its path.
 
     The textbook section (:mod:`gabench.reporting.textbook_section`) comes first when the
@@ -73,11 +80,12 @@ def report_study(source: str | Path, runs_root: str | Path = "runs",
     are read from ``tuning_storage`` (default: the storage its ``study.json`` names, unless its
     ``data/`` holds them already), and its verdicts are compared with those of the ``untuned``
     report (default: the one its ``data/`` holds, else the only candidate under ``reports_root``;
-    ``"none"``: no comparison).
+    ``"none"``: no comparison). ``only_complete_seeds``: report the seeds whose planned runs have
+    all finished (:func:`~gabench.reporting._data.complete_seeds`).
     """
     from gabench.reporting import build_report, load_tables
 
-    tables = load_tables(source, runs_root)
+    tables = load_tables(source, runs_root, only_complete_seeds=only_complete_seeds)
     extra = []
     if "textbook" in tables.extra:
         from gabench.reporting.textbook_section import textbook_section

@@ -110,6 +110,8 @@ class ReportData:
         extra: Other tables (``textbook``), copied as they are.
         configs: Run id -> the configuration the run recorded (``run_configs.json``; only
             archives have it, ``{}`` otherwise).
+        subset: How the runs read were narrowed for this report (:func:`complete_seeds`), ``""``
+            when they were not; stated in the report's header, never written to ``data/``.
     """
 
     name: str
@@ -124,6 +126,7 @@ class ReportData:
     failures: dict[str, str] = field(default_factory=dict)
     extra: dict[str, pd.DataFrame] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subset: str = ""
 
     # ------------------------------------------------------------------ plan
     @property
@@ -319,8 +322,13 @@ def check_not_an_archive(target: Path, data: ReportData) -> None:
                       f"it: `gabench report {target}` or the study file), or another --reports-root")
 
 
-def load_tables(source: str | Path, runs_root: str | Path = "runs") -> ReportData:
+def load_tables(source: str | Path, runs_root: str | Path = "runs",
+                only_complete_seeds: bool = False) -> ReportData:
     """The :class:`ReportData` of ``source``: read from a ``data/`` directory, or summarised from runs.
+
+    Args:
+        only_complete_seeds: Keep only the seeds whose planned runs have all finished
+            (:func:`complete_seeds`): a report of a study still running.
 
     Raises:
         ConfigError: nothing to report, an unreadable table or JSON file, a single method, or a
@@ -331,8 +339,43 @@ def load_tables(source: str | Path, runs_root: str | Path = "runs") -> ReportDat
         data = read_report_data(path)
     else:
         data = summarise(read_raw_tables(path, source))
+    if only_complete_seeds:
+        data = complete_seeds(data)
     check_report_data(data)
     return data
+
+
+def complete_seeds(data: ReportData) -> ReportData:
+    """The runs of the seeds whose planned runs (``study.json``) have all finished or are recorded
+    as failed: a study that spans sessions (planned seed by seed) reported as it grows, every
+    compared pair on the same seeds. ``subset`` says what was kept.
+
+    Raises:
+        ConfigError: the data has no plan, or no seed is complete yet.
+    """
+    planned = data.meta.get("runs") or []
+    if not planned:
+        raise ConfigError("--complete-seeds", True, f"a study's data with its plan (study.json lists the "
+                          f"planned runs; {data.source} has none)")
+    by_seed: dict[int, list[str]] = {}
+    for r in planned:
+        by_seed.setdefault(int(r["seed"]), []).append(str(r["run_id"]))
+    present = set(data.runs["run"].astype(str)) | set(data.failures)
+    done = sorted(s for s, ids in by_seed.items() if all(i in present for i in ids))
+    if not done:
+        counts = ", ".join(f"seed {s}: {sum(i in present for i in ids)} of {len(ids)}"
+                           for s, ids in sorted(by_seed.items())[:3])
+        raise ConfigError("--complete-seeds", True, f"at least one seed whose planned runs have all finished "
+                          f"(none has yet; {counts}{', ...' if len(by_seed) > 3 else ''})")
+    keep = {i for s in done for i in by_seed[s]}
+    out = data.only(set(data.runs["run"].astype(str)) & keep)
+    out.failures = {k: v for k, v in data.failures.items() if k in keep}
+    left = len(data.runs) - len(out.runs)
+    out.subset = (f"the {len(done)} of {len(by_seed)} planned seeds whose {len(keep)} planned runs have "
+                  f"all finished (seeds {', '.join(map(str, done))}; `--complete-seeds`); {left} finished "
+                  "runs of other seeds are left out until their seed is complete. The study is still "
+                  "running: its verdicts can change as seeds are added.")
+    return out
 
 
 def read_raw_tables(path: Path, source: str | Path | None = None) -> StudyTables:

@@ -139,8 +139,10 @@ class _Sections:
             f"- Report written by gabench {__version__}, git commit `{git_commit() or 'unknown'}`, "
             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
             f"- Source: `{self.d.source}` ({n_runs} runs{cover}). Per-seed summaries: `data/`; every "
-            f"comparison: `comparisons.csv`.", ""]
-        return "\n".join(lines)
+            f"comparison: `comparisons.csv`."]
+        if self.d.subset:
+            lines.append(f"- **Partial report:** {self.d.subset}")
+        return "\n".join([*lines, ""])
 
     def plan(self) -> str:
         seeds = sorted(self.d.runs["seed"].unique())
