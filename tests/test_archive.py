@@ -376,14 +376,19 @@ def test_a_study_still_running_is_reported_on_its_complete_seeds_without_touchin
     assert "the same seeds for 'maml+ga' and its baseline 'maml'" in capsys.readouterr().err
     assert main(["report", str(path), "--reports-root", str(tmp_path / "reports"), "--complete-seeds"]) == 0
     text = (tmp_path / "reports" / "tiny" / "README.md").read_text()
-    assert "- **Partial report:** the 2 of 3 planned seeds whose 4 planned runs have all finished " \
-        "(seeds 0, 1;" in text and "1 finished runs of other seeds are left out" in text
+    assert "- **Partial report** (`--complete-seeds`) seeds 0, 1 only (2 of 3 planned), those whose 4 " \
+        "planned runs have all finished or failed; left out: 1 finished run of other seeds." in text
     assert "--complete-seeds" in text.split("```bash")[1].split("```")[0]  # the command that regenerates it
     assert "- Seeds: 2 (0, 1)." in text
     comparisons = pd.read_csv(tmp_path / "reports" / "tiny" / "comparisons.csv")
     assert set(comparisons["n_seeds"]) == {2}
     after = {f.name: f.read_bytes() for f in archive.iterdir() if f.is_file()}
     assert after == before  # the archive keeps every run (nothing to add to it here)
+    (archive / "failed.json").write_text(json.dumps({"sine__maml+ga__s2": "diverged"}))
+    assert main(["report", str(path), "--reports-root", str(tmp_path / "reports"), "--complete-seeds"]) == 0
+    text = (tmp_path / "reports" / "tiny" / "README.md").read_text()  # a failed run completes its seed
+    assert "Partial report" not in text and "- Seeds: 3 (0, 1, 2)." in text
+    (archive / "failed.json").write_text("{}")
     configs = {k: v for k, v in configs.items() if k not in ("sine__maml__s0", "sine__maml__s1")}
     (archive / rd.RUN_CONFIGS).write_text(json.dumps(configs))  # no seed is complete
     capsys.readouterr()
@@ -391,3 +396,30 @@ def test_a_study_still_running_is_reported_on_its_complete_seeds_without_touchin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--complete-seeds" in err[0]
     assert "none has yet; seed 0: 1 of 2, seed 1: 1 of 2, seed 2: 1 of 2" in err[0]
+
+
+def test_a_report_is_not_written_where_the_compare_will_put_its_archive(tmp_path, capsys):
+    path = study_file(tmp_path, ARCHIVED)
+    run_study(load_study(path), tmp_path / "runs")
+    archive = tmp_path / "reports" / "tiny" / "data"
+    shutil.rmtree(archive)  # as in the first 10 minutes of a long compare: no archive yet
+    capsys.readouterr()
+    code = main(["report", str(tmp_path / "runs" / "tiny"), "--reports-root", str(tmp_path / "reports")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--reports-root" in err[0] and "before its compare" in err[0]
+    assert not archive.exists()
+    code, _ = _compare(path, tmp_path / "runs", capsys)  # the compare archives as usual
+    assert code == 0 and len(_archived_runs(archive)) == 4
+    assert main(["report", str(tmp_path / "runs" / "tiny"), "--reports-root", str(tmp_path / "other")]) == 0
+
+
+def test_complete_seeds_counts_archived_runs_of_an_earlier_larger_plan_apart(tmp_path):
+    path = study_file(tmp_path, ARCHIVED.replace("seeds = 2", "seeds = 3"))
+    run_study(load_study(path), tmp_path / "runs")
+    data = rd.read_report_data(tmp_path / "reports" / "tiny" / "data")
+    data.meta = {**data.meta, "runs": [r for r in data.meta["runs"] if r["seed"] != 2]}  # a plan of 2 seeds
+    data = rd.complete_seeds(data)
+    assert sorted(data.runs["seed"].unique()) == [0, 1]
+    assert "seeds 0, 1 only (2 of 2 planned)" in data.subset
+    assert data.subset.endswith("left out: 2 finished runs outside the current plan. Verdicts can change as "
+                                "more seeds finish.")

@@ -32,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling of the "
                    "aggregates (0)")
     p.add_argument("--complete-seeds", action="store_true",
-                   help="report only the seeds whose planned runs have all finished: a study that is still "
-                        "running (a compare runs its plan seed by seed), every compared pair on the same "
-                        "seeds; the header says what was left out")
+                   help="report only the seeds whose planned runs have all finished or failed (for a study "
+                        "still running; a compare runs its plan seed by seed); the header says which seeds "
+                        "it kept and what it left out; the archive is not changed")
     g = p.add_argument_group("a tuned study (one with a [tuning] table)")
     g.add_argument("--tuning-storage", metavar="URL", default=None,
                    help="read the Optuna trials from this storage (journal:PATH, sqlite:///PATH) instead of "

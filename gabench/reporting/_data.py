@@ -286,11 +286,8 @@ def _archive_of(study_dir: Path) -> Path | None:
     """The archive that a study directory's ``study.json`` names (relative to the study file),
     when it exists. Warns on stderr about finished runs of the directory that the archive lacks
     (a compare stopped before it archived them): the report leaves them out."""
-    meta = _read_json(study_dir / "study.json", {})
-    if not isinstance(meta, dict) or not isinstance(meta.get("archive"), str):
-        return None
-    archive = Path(os.path.normpath(Path(str(meta.get("file", ""))).parent / meta["archive"]))
-    if not (archive / "data.json").is_file():
+    archive = _named_archive(_read_json(study_dir / "study.json", {}))
+    if archive is None or not (archive / "data.json").is_file():
         return None
     listed = _read_json(archive / RUN_CONFIGS, {}) if (archive / RUN_CONFIGS).is_file() else {}
     local = {p.parent.name: _read_json(p, {}).get("config") for p in study_dir.glob("*/config.json")}
@@ -306,14 +303,30 @@ def _archive_of(study_dir: Path) -> Path | None:
     return archive
 
 
+def _named_archive(meta: Any) -> Path | None:
+    """The archive a study's ``study.json`` names (relative to the study file), None for none."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("archive"), str):
+        return None
+    return Path(os.path.normpath(Path(str(meta.get("file", ""))).parent / meta["archive"]))
+
+
 def check_not_an_archive(target: Path, data: ReportData) -> None:
     """Refuse to write a report's ``data/`` over a study's archive unless the report was made from
-    that archive (anything else would drop runs that only the archive holds).
+    that archive (anything else would drop runs that only the archive holds), and into the
+    directory a study names as its archive before its compare has written it (a plain ``data/``
+    there would keep the compare from archiving).
 
     Raises:
-        ConfigError: ``target`` holds ``run_configs.json`` and ``data`` was not read from it.
+        ConfigError: ``target`` holds ``run_configs.json`` and ``data`` was not read from it, or
+            ``target`` is ``data``'s study's archive-to-be.
     """
     if not (target / RUN_CONFIGS).is_file():
+        named = _named_archive(data.meta)
+        if named is not None and named.resolve() == target.resolve():
+            raise ConfigError("--reports-root", str(target.parent.parent),
+                              f"a reports root where {target} is not the archive of study {data.name!r} "
+                              "before its compare has written it (it does every 10 minutes and at the end; "
+                              "a report there now would keep it from archiving): wait, or report elsewhere")
         return
     if Path(data.source).resolve() == target.resolve():
         return
@@ -360,22 +373,35 @@ def complete_seeds(data: ReportData) -> ReportData:
     by_seed: dict[int, list[str]] = {}
     for r in planned:
         by_seed.setdefault(int(r["seed"]), []).append(str(r["run_id"]))
-    present = set(data.runs["run"].astype(str)) | set(data.failures)
+    finished = set(data.runs["run"].astype(str))
+    present = finished | set(data.failures)
     done = sorted(s for s, ids in by_seed.items() if all(i in present for i in ids))
-    if not done:
+    keep = {i for s in done for i in by_seed[s]}
+    if not keep & finished:
         counts = ", ".join(f"seed {s}: {sum(i in present for i in ids)} of {len(ids)}"
                            for s, ids in sorted(by_seed.items())[:3])
-        raise ConfigError("--complete-seeds", True, f"at least one seed whose planned runs have all finished "
-                          f"(none has yet; {counts}{', ...' if len(by_seed) > 3 else ''})")
-    keep = {i for s in done for i in by_seed[s]}
-    out = data.only(set(data.runs["run"].astype(str)) & keep)
+        raise ConfigError("--complete-seeds", True, "at least one seed whose planned runs have all finished "
+                          f"or failed, some finished (none has yet; {counts}"
+                          f"{', ...' if len(by_seed) > 3 else ''})")
+    if len(done) == len(by_seed) and finished <= keep:
+        return data  # every planned seed is complete: nothing to leave out
+    out = data.only(finished & keep)
     out.failures = {k: v for k, v in data.failures.items() if k in keep}
-    left = len(data.runs) - len(out.runs)
-    out.subset = (f"the {len(done)} of {len(by_seed)} planned seeds whose {len(keep)} planned runs have "
-                  f"all finished (seeds {', '.join(map(str, done))}; `--complete-seeds`); {left} finished "
-                  "runs of other seeds are left out until their seed is complete. The study is still "
-                  "running: its verdicts can change as seeds are added.")
+    out.meta = {**data.meta, "run_commits": {k: v for k, v in (data.meta.get("run_commits") or {}).items()
+                                             if k in keep}}
+    planned_ids = {i for ids in by_seed.values() for i in ids}
+    other_seeds, unplanned = len(finished & planned_ids - keep), len(finished - planned_ids)
+    left = [f"{_runs(other_seeds)} of other seeds"] if other_seeds else []
+    left += [f"{_runs(unplanned)} outside the current plan"] if unplanned else []
+    out.subset = (f"(`--complete-seeds`) seeds {', '.join(map(str, done))} only ({len(done)} of "
+                  f"{len(by_seed)} planned), those whose {len(keep)} planned runs have all finished or "
+                  "failed" + (f"; left out: {' and '.join(left)}" if left else "")
+                  + ". Verdicts can change as more seeds finish.")
     return out
+
+
+def _runs(n: int) -> str:
+    return f"{n} finished run" + ("" if n == 1 else "s")
 
 
 def read_raw_tables(path: Path, source: str | Path | None = None) -> StudyTables:

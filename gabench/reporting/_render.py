@@ -141,7 +141,7 @@ class _Sections:
             f"- Source: `{self.d.source}` ({n_runs} runs{cover}). Per-seed summaries: `data/`; every "
             f"comparison: `comparisons.csv`."]
         if self.d.subset:
-            lines.append(f"- **Partial report:** {self.d.subset}")
+            lines.append(f"- **Partial report** {self.d.subset}")
         return "\n".join([*lines, ""])
 
     def plan(self) -> str:
