@@ -105,19 +105,29 @@ def test_tuned_alpha_beta_come_from_the_optuna_study(tmp_path):
     assert Tuned("sqlite:///x.db", "sine-reptile") in asked
 
 
-def test_tuned_with_a_real_optuna_storage(tmp_path):
+def _optuna_study(tmp_path, trials: list[tuple[str, float, float | None]]) -> str:
+    """An SQLite storage holding study 'sine-maml' with the given trials (state, alpha, value;
+    beta 0.01, or 0.02 - alpha / 20 for the complete ones); returns its URL."""
     optuna = pytest.importorskip("optuna")
     storage = f"sqlite:///{tmp_path / 'tune.db'}"
     st = optuna.create_study(study_name="sine-maml", storage=storage)
     dist = {"alpha": optuna.distributions.FloatDistribution(1e-3, 1, log=True),
             "beta": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
-    for params, value in (({"alpha": 0.3, "beta": 0.02}, 1.0), ({"alpha": 0.05, "beta": 0.004}, 0.5)):
-        st.add_trial(optuna.trial.create_trial(params=params, distributions=dist, value=value))
+    for state, alpha, value in trials:
+        st.add_trial(optuna.trial.create_trial(
+            params={"alpha": alpha, "beta": 0.02 - alpha / 20 if state == "COMPLETE" else 0.01},
+            distributions=dist, value=value, intermediate_values={0: 2.0} if state == "PRUNED" else {},
+            state=optuna.trial.TrialState[state]))
+    return storage
+
+
+def test_tuned_with_a_real_optuna_storage(tmp_path):
+    storage = _optuna_study(tmp_path, [("COMPLETE", 0.3, 1.0), ("COMPLETE", 0.05, 0.5)])
     path = write(tmp_path, BASE.replace('[methods.maml]\nalgorithm = "maml"',
                                         f'[methods.maml]\nalgorithm = "maml"\n'
                                         f'tuned = {{ storage = "{storage}", study = "sine-maml" }}'))
     cfg = next(r.config for r in load_study(path).runs if r.method_label == "maml")
-    assert (cfg.alpha, cfg.beta) == (0.05, 0.004)
+    assert (cfg.alpha, cfg.beta) == (0.05, 0.0175)
     bad = write(tmp_path, BASE.replace('[methods.maml]\nalgorithm = "maml"',
                                        f'[methods.maml]\nalgorithm = "maml"\n'
                                        f'tuned = {{ storage = "{storage}", study = "nope" }}'), "bad.toml")
@@ -126,16 +136,7 @@ def test_tuned_with_a_real_optuna_storage(tmp_path):
 
 
 def test_a_tuned_reference_with_trials_waits_for_the_optuna_study_to_hold_them(tmp_path):
-    optuna = pytest.importorskip("optuna")
-    storage = f"sqlite:///{tmp_path / 'tune.db'}"
-    st = optuna.create_study(study_name="sine-maml", storage=storage)
-    dist = {"alpha": optuna.distributions.FloatDistribution(1e-3, 1, log=True),
-            "beta": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
-    for i, state in enumerate(("COMPLETE", "PRUNED", "FAIL")):
-        st.add_trial(optuna.trial.create_trial(params={"alpha": 0.1 + i / 10, "beta": 0.01},
-                                               distributions=dist, value=1.0 if state == "COMPLETE" else None,
-                                               intermediate_values={} if state != "PRUNED" else {0: 2.0},
-                                               state=optuna.trial.TrialState[state]))
+    storage = _optuna_study(tmp_path, [("COMPLETE", 0.1, 1.0), ("PRUNED", 0.2, None), ("FAIL", 0.3, None)])
 
     def study_with(trials: object):
         ref = f'tuned = {{ storage = "{storage}", study = "sine-maml", trials = {trials} }}'
