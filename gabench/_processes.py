@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
@@ -33,16 +33,23 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """While the block runs in the main thread, SIGTERM raises :class:`Terminated`."""
+def sigterm_handled(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """While the block runs in the main thread, ``handler`` handles SIGTERM, and the previous
+    handler is put back after it. Elsewhere the block runs as it is (only the main thread may
+    set signal handlers, and Python runs them there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def sigterm_raises() -> AbstractContextManager[None]:
+    """While the block runs in the main thread, SIGTERM raises :class:`Terminated`."""
+    return sigterm_handled(_raise_terminated)
 
 
 @contextmanager
@@ -91,18 +98,11 @@ class StopRequest:
 
     @contextmanager
     def catching(self) -> Iterator[StopRequest]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-
         def handler(signum: int, frame: Any) -> None:
             self.signum = signum
 
-        previous = signal.signal(signal.SIGTERM, handler)
-        try:
+        with sigterm_handled(handler):
             yield self
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def check(self) -> None:
         """Raise :class:`Terminated` if a SIGTERM arrived."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from gabench._processes import StopRequest, Terminated, die_with_parent
+from gabench._processes import StopRequest, Terminated, die_with_parent, sigterm_handled
 
 __all__ = ["STATE", "STOP", "Terminated", "exit_if_terminated_worker", "run_active", "sigterm_stops",
            "worker_init"]
@@ -59,20 +58,15 @@ def sigterm_stops() -> Iterator[None]:
     this process (``--workers 1``) stops at its next safe point, as a worker's does (see
     :func:`_worker_sigterm`), and :class:`Terminated` rises from there; otherwise it is raised
     at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def handler(signum: int, frame: Any) -> None:
         if not _stop_the_active_run(signum):
             raise Terminated(f"signal {signum}")
 
     STOP.signum = None
-    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        with sigterm_handled(handler):
+            yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
         STOP.signum = None
 
 

@@ -201,7 +201,7 @@ class ReportData:
             write_parquet(out / f"{name}.parquet", table)
         write_json(out / "study.json", self.meta)
         write_json(out / "failed.json", self.failures)
-        listed = _listed_extras(out)
+        listed = _listed_extras(_read_json(out / "data.json", {}))
         write_json(out / "data.json", {"format": DATA_FORMAT, "name": self.name, "extra": sorted(self.extra)})
         for name in listed - set(self.extra):  # tables dropped: no stale file is left behind
             (out / f"{name}.parquet").unlink(missing_ok=True)
@@ -220,7 +220,7 @@ class ReportData:
             for name, table in extras.items():
                 write_parquet(out / f"{name}.parquet", table)
             info = _read_json(out / "data.json", {})
-            extra = sorted(_listed_extras(out) | set(extras))
+            extra = sorted(_listed_extras(info) | set(extras))
             write_json(out / "data.json", {**info, "format": DATA_FORMAT, "name": self.name, "extra": extra})
 
     def only(self, run_ids: set[str]) -> ReportData:
@@ -635,10 +635,9 @@ def _read_json(path: Path, default: Any) -> Any:
         raise ConfigError("source", str(path), f"a valid JSON file ({_first_line(exc)})") from None
 
 
-def _listed_extras(out: Path) -> set[str]:
-    """The extra tables ``out/data.json`` lists: plain names only, never one of the run tables (a
-    name read from a shared file decides which files a write removes)."""
-    info = _read_json(out / "data.json", {})
+def _listed_extras(info: Any) -> set[str]:
+    """The extra tables a ``data.json`` (``info``, as read) lists: plain names only, never one of
+    the run tables (a name read from a shared file decides which files a write removes)."""
     names = info.get("extra", []) if isinstance(info, dict) else []
     if not isinstance(names, list):
         return set()
