@@ -191,6 +191,23 @@ def test_torchjd_adapter_equals_torchjd_called_directly(name):
         torch.testing.assert_close(d, w @ J)
 
 
+@pytest.mark.parametrize("name", list(DIRECT))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_torchjd_adapter_on_a_non_finite_matrix_gives_nan_without_calling_torchjd(name, bad,
+                                                                                  monkeypatch):
+    ours = AGGREGATORS[name]()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("TorchJD called on a non-finite matrix")
+
+    monkeypatch.setattr(ours, "_jd", fail)
+    J = hand_jacobian()
+    J[2, 1] = bad
+    d, w = ours.combine(J)
+    assert d.shape == (4,) and w.shape == (5,)
+    assert torch.isnan(d).all() and torch.isnan(w).all()
+
+
 def test_pcgrad_is_seeded_and_leaves_the_global_rng_alone(rng_guard):
     J = hand_jacobian()
     a, b, c = (AGGREGATORS["pcgrad"](seed=s) for s in (0, 0, 1))

@@ -68,9 +68,15 @@ class TorchJDAggregator(Aggregator):
         Returns:
             The direction, shape (n_params,), and the weights, shape (n_tasks,): those of the
             Gramian weighting (the direction is then ``w @ G``), or NaN where TorchJD's method has
-            none.
+            none. A ``G`` with a non-finite entry gives a NaN direction and NaN weights, as the
+            mean does, without calling TorchJD: several of its methods (CAGrad, IMTL-G,
+            Aligned-MTL) end in a linear-algebra error on such a matrix, where the trainer should
+            see the non-finite numbers and report a divergence.
         """
         _check_matrix(G)
+        if not bool(torch.isfinite(G).all()):
+            nan = float("nan")
+            return G.new_full((G.shape[1],), nan), G.new_full((G.shape[0],), nan)
         with torch.no_grad(), self._rng():
             weighting = getattr(self._jd, "gramian_weighting", None)
             if weighting is not None:
