@@ -263,3 +263,63 @@ def test_sigterm_stops_the_workers_keeps_finished_runs_and_marks_the_others_kill
     assert len(finished) < 4  # the study was stopped, and resuming finishes it:
     result = run_study(load_study(path), out)
     assert result.ran == 4 - len(finished) and result.finished == 4
+
+
+def clock_past_the_deadline_once_a_run_finishes(monkeypatch, study_dir: Path) -> None:
+    """``--timeout``'s clock reads 0 until a run of ``study_dir`` has finished, then 10^9 s."""
+    import gabench.compare._schedule as schedule
+
+    def now() -> float:
+        return 1e9 if any((study_dir / d / "results.parquet").exists() for d in
+                          (p.name for p in study_dir.iterdir() if p.is_dir()) if "__" in d) else 0.0
+
+    monkeypatch.setattr(schedule, "_now", now)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_timeout_starts_no_run_after_it_and_the_same_command_runs_the_rest(tmp_path, monkeypatch,
+                                                                          capsys, workers):
+    path = study_file(tmp_path)
+    out = tmp_path / "runs"
+    (out / "tiny").mkdir(parents=True)
+    clock_past_the_deadline_once_a_run_finishes(monkeypatch, out / "tiny")
+    args = ["compare", str(path), "--out-root", str(out), "--no-tracking", "--workers", str(workers)]
+    assert main([*args, "--timeout", "3600"]) == 0
+    # the runs started before the deadline finish (one per worker); no other run starts
+    first = {p.name for p in (out / "tiny").iterdir() if p.is_dir()}
+    assert len(first) == workers
+    assert sorted(run_ids_in_table(out / "tiny")) == sorted(first)
+    text = capsys.readouterr()
+    assert f"{workers}/4 runs finished" in text.out
+    assert f"--timeout 3600 s reached: {4 - workers} run(s) not started; run the same command again" in text.err
+    monkeypatch.undo()
+    assert main(args) == 0
+    text = capsys.readouterr()
+    assert f"{workers} finished already, {4 - workers} to run" in text.err
+    assert "4/4 runs finished" in text.out and "not started" not in text.err
+    assert len(run_ids_in_table(out / "tiny")) == 4
+
+
+def test_timeout_in_the_library_counts_the_runs_not_started(tmp_path, monkeypatch):
+    study = load_study(study_file(tmp_path))
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    clock_past_the_deadline_once_a_run_finishes(monkeypatch, tmp_path / "runs" / "tiny")
+    result = run_study(study, tmp_path / "runs", timeout=60.0)
+    assert (result.ran, result.finished, result.not_started) == (1, 1, 3)
+    assert run_study(study, tmp_path / "runs").not_started == 0  # no limit: not counted
+
+
+@pytest.mark.parametrize(("extra", "allowed"), [
+    (["--timeout", "0"], "a finite number > 0"),
+    (["--timeout", "inf"], "a finite number > 0"),
+    (["--timeout", "10", "--scheduler", "tcp://127.0.0.1:1"], "no --timeout with --scheduler"),
+])
+def test_a_bad_timeout_is_one_line_before_anything_is_created(tmp_path, monkeypatch, capsys, extra,
+                                                              allowed):
+    monkeypatch.chdir(tmp_path)  # where the default tracking store would be created
+    path = study_file(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["compare", str(path), "--out-root", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--timeout=" in err[0] and allowed in err[0]
+    assert not out.exists() and not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

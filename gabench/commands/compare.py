@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--redo-changed", action="store_true",
                    help="rerun finished runs whose configuration differs from the study file")
     p.add_argument("--plan", action="store_true", help="print the planned runs and exit")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="start no run after SECONDS (those started finish, the tables and archive are "
+                        "written); the same command runs the rest (default: no limit)")
     p.add_argument("--device", default=None,
                    help="run every planned run on this device (cpu, cuda, cuda:N), whatever the study "
                         "file says; finished runs are not redone for a device change")
@@ -38,7 +41,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from gabench._errors import StorageFullError, check_int
-    from gabench.compare import CallbacksFor, Terminated, TrackRuns, no_callbacks, run_state, run_study
+    from gabench.compare import (
+        CallbacksFor,
+        Terminated,
+        TrackRuns,
+        check_timeout,
+        no_callbacks,
+        run_state,
+        run_study,
+    )
     from gabench.study import load_study
 
     study = load_study(args.study)
@@ -51,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         study.runs = [dataclasses.replace(r, config=dataclasses.replace(r.config, device=args.device))
                       for r in study.runs]
     workers = check_int("--workers", args.workers)
+    timeout = check_timeout(args.timeout, args.scheduler)
     if args.plan:
         from gabench.compare import archived_configs, archived_state
 
@@ -76,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         experiment = callbacks_for.prepare(study.name)
     try:
         out = run_study(study, args.out_root, workers, callbacks_for=callbacks_for,
-                        redo_changed=args.redo_changed, threads=args.threads, scheduler=args.scheduler)
+                        redo_changed=args.redo_changed, threads=args.threads, scheduler=args.scheduler,
+                        timeout=timeout)
     except StorageFullError as exc:  # before any run: nothing was run
         print(f"gabench compare: error: {exc}; free space and run the same command again",
               file=sys.stderr)
@@ -97,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         from gabench._redact import redact
 
         print(f"tracked in MLflow ({redact(tracking_uri)}, experiment {experiment!r})")
+    if out.not_started:
+        print(f"gabench compare: --timeout {timeout:g} s reached: {out.not_started} run(s) not started; "
+              "run the same command again to run them (finished runs are kept)", file=sys.stderr)
     for line in out.storage_errors:
         print(f"gabench compare: error: {line}", file=sys.stderr)
     if out.failures:  # one line per failed run

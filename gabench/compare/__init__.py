@@ -32,7 +32,7 @@ study's archive: compact summaries of its finished runs that outlive the machine
 from gabench._atomic import write_parquet
 from gabench.compare._archive import archived_configs, archived_state, update_archive
 from gabench.compare._execute import execute_run, label_tables, one_line, train_planned
-from gabench.compare._schedule import REBUILD_EVERY_S, CompareResult, run_study
+from gabench.compare._schedule import REBUILD_EVERY_S, CompareResult, check_timeout, run_study
 from gabench.compare._signals import Terminated
 from gabench.compare._state import (
     IGNORED_FIELDS,
@@ -47,5 +47,5 @@ __all__ = [
     "archived_configs", "archived_state", "one_line", "train_planned", "update_archive",
     "IGNORED_FIELDS", "REBUILD_EVERY_S", "STUDY_COLUMNS", "CallbacksFor", "CompareResult", "Terminated",
     "TrackRuns", "config_diff", "execute_run", "label_tables", "no_callbacks", "rebuild_table",
-    "run_state", "run_study", "write_parquet",
+    "check_timeout", "run_state", "run_study", "write_parquet",
 ]

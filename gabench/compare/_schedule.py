@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from gabench import __version__
 from gabench._atomic import read_json, write_json
-from gabench._errors import ConfigError, StorageFullError, check_int
+from gabench._errors import ConfigError, StorageFullError, check_int, check_positive
 from gabench._provenance import git_commit
 from gabench.compare._archive import archived_configs, archived_state, update_archive
 from gabench.compare._execute import execute_run, one_line
@@ -35,6 +35,9 @@ from gabench.study import PlannedRun, Study
 #: is rebuilt at the end (and meanwhile only when the archive cannot be updated).
 REBUILD_EVERY_S = 600.0
 
+#: The clock of ``timeout`` (a module attribute, so that tests can move it).
+_now = time.monotonic
+
 
 @dataclass
 class CompareResult:
@@ -50,6 +53,8 @@ class CompareResult:
         storage_errors: One line per study file (table, ``failed.json``, ``study.json``) that
             could not be written on a full disk (``PATH: no space left on device``); the file
             kept its previous content, and the next compare rewrites it.
+        not_started: Runs left unstarted because ``timeout`` had passed (the next compare runs
+            them).
     """
 
     study_dir: Path
@@ -58,12 +63,27 @@ class CompareResult:
     ran: int
     failures: dict[str, str] = field(default_factory=dict)
     storage_errors: list[str] = field(default_factory=list)
+    not_started: int = 0
+
+
+def check_timeout(timeout: float | None, scheduler: str | None) -> float | None:
+    """``--timeout`` checked: None, or a number of seconds > 0 without ``--scheduler``
+    (:class:`ConfigError` otherwise)."""
+    if timeout is None:
+        return None
+    timeout = check_positive("--timeout", timeout)
+    if scheduler is not None:
+        raise ConfigError("--timeout", timeout, (
+            "no --timeout with --scheduler (a Dask cluster is handed every run at once; "
+            "stop it with Ctrl-C, finished runs are kept)"))
+    return timeout
 
 
 def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
               callbacks_for: CallbacksFor = no_callbacks,
               redo_changed: bool = False, threads: int | None = 1,
-              log: TextIO | None = None, scheduler: str | None = None) -> CompareResult:
+              log: TextIO | None = None, scheduler: str | None = None,
+              timeout: float | None = None) -> CompareResult:
     """Run every unfinished run of ``study`` and rebuild the study table.
 
     Args:
@@ -80,6 +100,10 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
         scheduler: Address of a Dask scheduler (``tcp://HOST:8786``): the runs execute on its
             workers and come back here to be written (:mod:`gabench._dask`; ``workers`` and
             ``threads`` are then not used, and tracking goes to ``callbacks_for``'s server).
+        timeout: Seconds after which no run is started (the runs already started finish, then
+            the tables and the archive are written as at the end of the plan); the runs left are
+            counted in :attr:`CompareResult.not_started`, and the next call runs them. None: no
+            limit. Not with ``scheduler``.
 
     Returns:
         A :class:`CompareResult`.
@@ -90,13 +114,15 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
     """
     log = log or sys.stderr
     workers = check_int("--workers", workers)
+    timeout = check_timeout(timeout, scheduler)
     with sigterm_stops():
-        return _run_study(study, out_root, workers, callbacks_for, redo_changed, threads, log, scheduler)
+        return _run_study(study, out_root, workers, callbacks_for, redo_changed, threads, log, scheduler,
+                          timeout)
 
 
 def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: CallbacksFor,
                redo_changed: bool, threads: int | None, log: TextIO,
-               scheduler: str | None = None) -> CompareResult:
+               scheduler: str | None = None, timeout: float | None = None) -> CompareResult:
     if threads is not None:
         threads = check_int("--threads", threads)
     study_dir = Path(out_root) / study.name
@@ -178,11 +204,17 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
 
         ran = 0
         start = last_rebuild = time.monotonic()
+        deadline = None if timeout is None else _now() + timeout
+
+        def expired() -> bool:
+            return deadline is not None and _now() >= deadline
+
         try:
             replace = {r.run_id for r in todo if (study_dir / r.run_id).exists()}
             outcomes = (_execute_on_dask(todo, study.name, study_dir, scheduler, callbacks_for, replace, log)
                         if scheduler else
-                        _execute(todo, study.name, study_dir, workers, callbacks_for, replace, threads))
+                        _execute(todo, study.name, study_dir, workers, callbacks_for, replace, threads,
+                                 expired if deadline is not None else None))
             for outcome in outcomes:
                 ran += 1
                 done += outcome["ok"]
@@ -209,7 +241,8 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
             if storage_errors and sys.exc_info()[0] is not None:  # stopped: say it here
                 for line in storage_errors:
                     print(f"error: {line}", file=log, flush=True)
-    return CompareResult(study_dir, len(study.runs), finished, ran, failures, storage_errors)
+    return CompareResult(study_dir, len(study.runs), finished, ran, failures, storage_errors,
+                         not_started=len(todo) - ran)
 
 
 #: The task shape that ``study.json`` records per run (the report's hyperparameter table shows it).
@@ -246,10 +279,15 @@ def prepare_study_dir(study_dir: Path) -> None:
 
 
 def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
-             callbacks_for: CallbacksFor,
-             replace: set[str], threads: int | None) -> Iterator[dict[str, Any]]:
+             callbacks_for: CallbacksFor, replace: set[str], threads: int | None,
+             expired: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """Run ``todo`` (in this process or a pool of ``workers``), yielding each run's outcome as it
+    finishes; no run is started once ``expired()`` is true (those started finish)."""
+    expired = expired or _never
     if workers == 1 or len(todo) <= 1:
         for run in todo:
+            if expired():
+                return
             yield execute_run(run, study, study_dir / run.run_id, run.run_id in replace, callbacks_for,
                               threads)
         return
@@ -261,12 +299,18 @@ def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
                                initializer=worker_init, initargs=(os.getpid(),))
     pending: set[Future[dict[str, Any]]] = set()
     queue = list(reversed(todo))
+    # Submitted lazily, so that Ctrl-C cancels little. A pool hands a worker the next submitted
+    # run as soon as it is free, so a submitted run counts as started: without a time limit a
+    # few are kept in hand to keep the workers busy, with one only as many as there are workers.
+    in_hand = 2 * workers if expired is _never else workers
     try:
         while queue or pending:
-            while queue and len(pending) < 2 * workers:  # submit lazily: Ctrl-C cancels little
+            while queue and len(pending) < in_hand and not expired():
                 run = queue.pop()
                 pending.add(pool.submit(execute_run, run, study, study_dir / run.run_id,
                                         run.run_id in replace, callbacks_for, threads))
+            if not pending:  # expired before another run was submitted
+                break
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 yield fut.result()
@@ -279,6 +323,10 @@ def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def _never() -> bool:
+    return False
 
 
 def _execute_on_dask(todo: list[PlannedRun], study: str, study_dir: Path, scheduler: str,
