@@ -291,7 +291,8 @@ def test_timeout_starts_no_run_after_it_and_the_same_command_runs_the_rest(tmp_p
     assert sorted(run_ids_in_table(out / "tiny")) == sorted(first)
     text = capsys.readouterr()
     assert f"{workers}/4 runs finished" in text.out
-    assert f"--timeout 3600 s reached: {4 - workers} run(s) not started; run the same command again" in text.err
+    assert (f"--timeout 3600 s reached: {4 - workers} run(s) not started; run the same command again"
+            in text.err)
     monkeypatch.undo()
     assert main(args) == 0
     text = capsys.readouterr()

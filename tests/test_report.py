@@ -212,6 +212,24 @@ def test_report_sections_aggregates_convergence_and_figures(tmp_path):
     assert "| `maml` |" in conv
 
 
+def test_wall_clock_shows_medians_with_order_statistic_intervals(tmp_path):
+    src = fake_study(tmp_path / "runs", seeds=10, families=("sine",))
+    res = pd.read_parquet(src / "results.parquet")
+    wall = (res.metric == "wall_seconds") & (res.method == "maml")
+    res.loc[wall & (res.seed == 3), "value"] = 600.0  # one run slowed by other work on the machine
+    res.to_parquet(src / "results.parquet", index=False)
+    text, _ = _report(src, tmp_path / "rep")
+    section = text.split("## Wall-clock")[1].split("\n## ")[0]
+    assert "median over seeds [95% distribution-free interval" in section
+    for method in ("maml", "maml+ga"):
+        v = np.sort(res.loc[(res.metric == "wall_seconds") & (res.method == method), "value"].to_numpy())
+        iv = Interval(float(np.median(v)), float(v[1]), float(v[8]), 10, "order")  # ranks 2 and 9 of 10
+        assert f"| `{method}` | {fmt_interval(iv)} |" in section
+    assert "600" not in section  # the slowed run moves neither the median nor the interval
+    ratio = float(np.median(v)) / float(np.median(res.loc[wall, "value"]))
+    assert f"`maml+ga` / `maml`: {ratio:.2f} (ratio of the medians" in section
+
+
 ZOO = {"maml": ("maml", "mean"), "maml+ga": ("maml", "ga"), "maml+upgrad": ("maml", "upgrad"),
        "maml+pcgrad": ("maml", "pcgrad"), "reptile": ("reptile", "mean"), "reptile+ga": ("reptile", "ga"),
        "reptile+upgrad": ("reptile", "upgrad")}
@@ -356,6 +374,7 @@ def test_report_of_nothing_is_a_one_line_error(tmp_path, capsys):
 def test_interval_formatting():
     assert fmt_interval(Interval(0.51234, 0.498, 0.5301, 5)) == "0.512 [0.498, 0.530]"
     assert fmt_interval(Interval(2.0, float("nan"), float("nan"), 1)) == "2 (n=1)"
+    assert fmt_interval(Interval(2.0, float("nan"), float("nan"), 5, "")) == "2 (n=5)"  # a median
     assert fmt_interval(Interval(float("nan"), float("nan"), float("nan"), 0)) == "–"
 
 

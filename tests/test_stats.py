@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from gabench.reporting import (
     convergence_of,
     holm,
     mean_interval,
+    median_interval,
     min_seeds_for_call,
     paired_test,
     probability_of_improvement,
@@ -96,6 +99,44 @@ def test_mean_interval_switches_to_bca_from_twenty_values():
     assert iv.method == "bca" and mean_interval(x, rng=3) == iv  # seeded: deterministic
     ref = t_interval(x)
     assert iv.low == pytest.approx(ref.low, abs=0.05) and iv.high == pytest.approx(ref.high, abs=0.05)
+
+
+def _order_statistic_bounds(n: int, level: float = 0.95) -> tuple[int, int] | None:
+    """1-based ranks (j, n + 1 - j) of the equal-tailed distribution-free interval of the median,
+    by hand from the binomial: the largest j with 2 P(Binomial(n, 1/2) <= j - 1) <= 1 - level."""
+    j = 0
+    while j + 1 <= n // 2 and 2 * sum(math.comb(n, i) for i in range(j + 1)) / 2 ** n <= 1 - level:
+        j += 1
+    return (j, n + 1 - j) if j else None
+
+
+def test_median_interval_is_the_binomial_order_statistics():
+    g = np.random.default_rng(4)
+    assert [_order_statistic_bounds(n) for n in (5, 6, 10, 12)] == [None, (1, 6), (2, 9), (3, 10)]
+    for n in (6, 7, 10, 12, 25):
+        x = g.lognormal(0.0, 1.0, n)
+        ranks = _order_statistic_bounds(n)
+        iv = median_interval(x)
+        s = np.sort(x)
+        assert (iv.mean, iv.n, iv.method) == (np.median(x), n, "order")
+        assert (iv.low, iv.high) == (s[ranks[0] - 1], s[ranks[1] - 1])
+    few = median_interval([3.0, 1.0, 2.0, np.nan, 9.0, 4.0])  # 5 values: no 95% interval
+    assert (few.mean, few.n, few.method) == (3.0, 5, "") and np.isnan(few.low) and np.isnan(few.high)
+    assert median_interval([]).n == 0
+
+
+def test_median_interval_covers_the_median_of_run_times_with_outliers():
+    # run times: lognormal, and one run in ten slowed 30-fold by other work on the machine
+    g = np.random.default_rng(11)
+    reps, n = 1000, 10
+    x = g.lognormal(0.0, 0.3, (reps, n)) * np.where(g.random((reps, n)) < 0.1, 30.0, 1.0)
+    true_median = float(np.median(g.lognormal(0.0, 0.3, 2_000_000)
+                                  * np.where(g.random(2_000_000) < 0.1, 30.0, 1.0)))
+    hits = [(lambda iv: iv.low <= true_median <= iv.high)(median_interval(row)) for row in x]
+    assert np.mean(hits) >= 0.96  # 97.9% by construction at n = 10
+    # where the t interval of the mean is thrown far off by the outliers
+    assert np.median([t_interval(row).high - t_interval(row).low for row in x[:200]]) > 5 * np.median(
+        [median_interval(row).high - median_interval(row).low for row in x[:200]])
 
 
 def test_t_interval_columns_match_t_interval_per_column():

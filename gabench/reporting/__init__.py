@@ -42,6 +42,7 @@ from gabench.reporting._stats import (
     aggregate_scores,
     holm,
     mean_interval,
+    median_interval,
     min_seeds_for_call,
     paired_test,
     probability_of_improvement,
@@ -55,8 +56,8 @@ __all__ = [
     "COMPARISON_COLUMNS", "Interval", "PairedTest", "ReportData", "StudyTables", "add_report_parser",
     "aggregate_scores", "aggregates", "build_report", "cell_intervals", "check_report_data", "comparisons",
     "convergence", "convergence_of", "fmt_interval", "holm", "load_tables", "md_table", "mean_interval",
-    "min_seeds_for_call", "normalised_scores", "paired_test", "performance_profile", "primary_select",
-    "probability_of_improvement", "read_raw_tables", "read_report_data", "resolve_source",
+    "median_interval", "min_seeds_for_call", "normalised_scores", "paired_test", "performance_profile",
+    "primary_select", "probability_of_improvement", "read_raw_tables", "read_report_data", "resolve_source",
     "roc_auc_rows", "score_profile", "seed_requirement", "seed_values", "summarise", "t_interval",
     "t_interval_columns",
 ]

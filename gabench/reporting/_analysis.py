@@ -19,6 +19,7 @@ from gabench.reporting._stats import (
     aggregate_scores,
     holm,
     mean_interval,
+    median_interval,
     min_seeds_for_call,
     paired_test,
     probability_of_improvement,
@@ -452,9 +453,22 @@ def run_metric_intervals(data: ReportData, metric: str, seed: int = 0) -> pd.Dat
     return cell_intervals(run_metric(data, metric), seed)
 
 
+def run_metric_medians(data: ReportData, metric: str) -> pd.DataFrame:
+    """Per (cell, method): the median of a per-run statistic over seeds with its distribution-free
+    interval (:func:`~gabench.reporting._stats.median_interval`), in the columns of
+    :func:`cell_intervals` (``mean`` holds the median, ``interval`` is ``order`` or empty)."""
+    rows = []
+    for (f, s, m), g in run_metric(data, metric).groupby(["family_label", "setting", "method"], sort=False):
+        iv = median_interval(g["value"].to_numpy())
+        rows.append((f, s, m, iv.n, iv.mean, iv.low, iv.high, iv.method))
+    return pd.DataFrame(rows, columns=["family_label", "setting", "method", "n_seeds", "mean", "low", "high",
+                                       "interval"])
+
+
 def time_ratios(data: ReportData) -> pd.DataFrame:
-    """Wall-clock ratio method / baseline of the seed means, per cell: method, baseline, cell, ratio."""
-    w = run_metric(data, "wall_seconds").groupby(["family_label", "setting", "method"])["value"].mean()
+    """Wall-clock ratio method / baseline of the medians over seeds, per cell: method, baseline,
+    cell, ratio."""
+    w = run_metric(data, "wall_seconds").groupby(["family_label", "setting", "method"])["value"].median()
     rows = []
     for method, base in data.pairs.items():
         for f, s in data.cells:

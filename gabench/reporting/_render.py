@@ -43,7 +43,7 @@ def fmt_interval(iv: Interval) -> str:
     if iv.n == 0 or math.isnan(iv.mean):
         return "–"
     if iv.n < 2 or math.isnan(iv.low):
-        return f"{iv.mean:.4g} (n=1)"
+        return f"{iv.mean:.4g} (n={iv.n})"
     d = _decimals(iv.high - iv.low, iv.mean)
     return f"{iv.mean:.{d}f} [{iv.low:.{d}f}, {iv.high:.{d}f}]"
 
@@ -589,7 +589,7 @@ class _Sections:
         return "\n".join(lines)
 
     def wall_clock(self) -> str:
-        ivs = an.run_metric_intervals(self.d, "wall_seconds", self.seed)
+        ivs = an.run_metric_medians(self.d, "wall_seconds")
         if ivs.empty:
             return ""
         idx = {(r.family_label, r.setting, r.method): r for r in ivs.itertuples()}
@@ -597,11 +597,13 @@ class _Sections:
                              for f, s in self.cells]] for m in self.methods]
         lines = ["## Wall-clock", "",
                  "Seconds of meta-training per run (including meta-validation; the final meta-test is not "
-                 "counted), mean [95% interval over seeds]. Runs may have shared the CPU with other runs "
-                 "(`--workers`), so compare methods within a study, not across machines.", "",
+                 "counted), median over seeds [95% distribution-free interval from order statistics, "
+                 "`scipy.stats.quantile_test`; it needs 6 seeds]. Medians, because a run slowed by other "
+                 "work on the machine is an outlier, not noise. Runs may have shared the CPU with other "
+                 "runs (`--workers`), so compare methods within a study, not across machines.", "",
                  md_table(["method", *map(_col, self.cells)], rows), ""]
         ratios = an.time_ratios(self.d)
-        parts = [f"`{m}` / `{b}`: {g['ratio'].median():.2f} (median over cells; range "
+        parts = [f"`{m}` / `{b}`: {g['ratio'].median():.2f} (ratio of the medians, median over cells; range "
                  f"{g['ratio'].min():.2f}-{g['ratio'].max():.2f})"
                  for (m, b), g in ratios.groupby(["method", "baseline"], sort=False)]
         if parts:
