@@ -4,6 +4,7 @@ and whole meta-updates against a per-task autograd loop."""
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pandas as pd
@@ -205,6 +206,21 @@ def test_torchjd_adapter_on_a_non_finite_matrix_gives_nan_without_calling_torchj
     J[2, 1] = bad
     d, w = ours.combine(J)
     assert d.shape == (4,) and w.shape == (5,)
+    assert torch.isnan(d).all() and torch.isnan(w).all()
+
+
+@pytest.mark.parametrize("name", [n for n, (_, weighting, _) in DIRECT.items() if weighting is not None])
+def test_torchjd_gramian_method_on_a_finite_j_whose_gramian_overflows_gives_nan(name, monkeypatch):
+    # float32 entries of 1e20 are finite, their products are not: J J^T is inf
+    ours = AGGREGATORS[name]()
+    J = (hand_jacobian() * 1e20).float()
+    assert torch.isfinite(J).all() and not torch.isfinite(J @ J.T).all()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("TorchJD called on a non-finite Gramian")
+
+    monkeypatch.setattr(ours, "_jd", types.SimpleNamespace(gramian_weighting=fail))
+    d, w = ours.combine(J)
     assert torch.isnan(d).all() and torch.isnan(w).all()
 
 

@@ -68,21 +68,26 @@ class TorchJDAggregator(Aggregator):
         Returns:
             The direction, shape (n_params,), and the weights, shape (n_tasks,): those of the
             Gramian weighting (the direction is then ``w @ G``), or NaN where TorchJD's method has
-            none. A ``G`` with a non-finite entry gives a NaN direction and NaN weights, as the
-            mean does, without calling TorchJD: several of its methods (CAGrad, IMTL-G,
-            Aligned-MTL) end in a linear-algebra error on such a matrix, where the trainer should
-            see the non-finite numbers and report a divergence.
+            none. A ``G`` with a non-finite entry, or (for the Gramian methods) whose Gramian
+            overflows, gives a NaN direction and NaN weights, as the mean would, without calling
+            TorchJD: several of its methods (CAGrad, IMTL-G, Aligned-MTL) end in a linear-algebra
+            error on such a matrix, where the trainer should see the non-finite numbers and report
+            a divergence. (The check costs one device synchronisation per call on a GPU.)
         """
         _check_matrix(G)
+        nan = float("nan")
+        no_result = (G.new_full((G.shape[1],), nan), G.new_full((G.shape[0],), nan))
         if not bool(torch.isfinite(G).all()):
-            nan = float("nan")
-            return G.new_full((G.shape[1],), nan), G.new_full((G.shape[0],), nan)
+            return no_result
         with torch.no_grad(), self._rng():
             weighting = getattr(self._jd, "gramian_weighting", None)
             if weighting is not None:
-                w = weighting(G @ G.T)
+                gramian = G @ G.T
+                if not bool(torch.isfinite(gramian).all()):
+                    return no_result
+                w = weighting(gramian)
                 return w @ G, w
-            return self._jd(G), torch.full((G.shape[0],), float("nan"), dtype=G.dtype, device=G.device)
+            return self._jd(G), no_result[1]
 
 
 class _SeededGlobalRNG(TorchJDAggregator):
