@@ -301,6 +301,41 @@ def test_timeout_starts_no_run_after_it_and_the_same_command_runs_the_rest(tmp_p
     assert len(run_ids_in_table(out / "tiny")) == 4
 
 
+@pytest.mark.integration
+def test_with_a_timeout_not_reached_the_pool_runs_the_whole_plan(tmp_path, capsys):
+    # with a time limit the pool keeps only one run per worker in hand: it must still refill
+    path = study_file(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking", "--workers", "2",
+                 "--timeout", "3600"]) == 0
+    text = capsys.readouterr()
+    assert "4/4 runs finished" in text.out and "not started" not in text.err
+    assert len(run_ids_in_table(out / "tiny")) == 4
+
+
+def test_timeout_counts_from_the_start_of_the_command(tmp_path, monkeypatch):
+    import gabench.compare
+    import gabench.study
+
+    load = gabench.study.load_study
+
+    def slow_load(*args, **kwargs):
+        time.sleep(0.3)  # what loading and checking a large study file takes before any run
+        return load(*args, **kwargs)
+
+    given = []
+
+    def record(*args, **kwargs):
+        given.append(kwargs["timeout"])
+        raise KeyboardInterrupt  # stop before any run
+
+    monkeypatch.setattr(gabench.study, "load_study", slow_load)
+    monkeypatch.setattr(gabench.compare, "run_study", record)
+    assert main(["compare", str(study_file(tmp_path)), "--out-root", str(tmp_path / "runs"), "--no-tracking",
+                 "--timeout", "100"]) == 130
+    assert len(given) == 1 and 0 < given[0] <= 100 - 0.3
+
+
 def test_timeout_in_the_library_counts_the_runs_not_started(tmp_path, monkeypatch):
     study = load_study(study_file(tmp_path))
     (tmp_path / "runs" / "tiny").mkdir(parents=True)

@@ -26,8 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="rerun finished runs whose configuration differs from the study file")
     p.add_argument("--plan", action="store_true", help="print the planned runs and exit")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="start no run after SECONDS (those started finish, the tables and archive are "
-                        "written); the same command runs the rest (default: no limit)")
+                   help="start no run SECONDS after the command started (those started finish, the "
+                        "tables and archive are written); the same command runs the rest "
+                        "(default: no limit)")
     p.add_argument("--device", default=None,
                    help="run every planned run on this device (cpu, cuda, cuda:N), whatever the study "
                         "file says; finished runs are not redone for a device change")
@@ -40,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
+    started = time.monotonic()  # --timeout counts from here
     from gabench._errors import StorageFullError, check_int
     from gabench.compare import (
         CallbacksFor,
@@ -86,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
     if tracking_uri is not None:
         callbacks_for = TrackRuns(tracking_uri, args.experiment, plots=not args.no_plots)
         experiment = callbacks_for.prepare(study.name)
+    left = None if timeout is None else max(timeout - (time.monotonic() - started), 1e-9)
     try:
         out = run_study(study, args.out_root, workers, callbacks_for=callbacks_for,
                         redo_changed=args.redo_changed, threads=args.threads, scheduler=args.scheduler,
-                        timeout=timeout)
+                        timeout=left)
     except StorageFullError as exc:  # before any run: nothing was run
         print(f"gabench compare: error: {exc}; free space and run the same command again",
               file=sys.stderr)

@@ -242,7 +242,7 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 for line in storage_errors:
                     print(f"error: {line}", file=log, flush=True)
     return CompareResult(study_dir, len(study.runs), finished, ran, failures, storage_errors,
-                         not_started=len(todo) - ran)
+                         not_started=len(todo) - ran if deadline is not None else 0)
 
 
 #: The task shape that ``study.json`` records per run (the report's hyperparameter table shows it).
@@ -303,15 +303,18 @@ def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
     # run as soon as it is free, so a submitted run counts as started: without a time limit a
     # few are kept in hand to keep the workers busy, with one only as many as there are workers.
     in_hand = 2 * workers if expired is _never else workers
+
+    def submit_more() -> None:
+        while queue and len(pending) < in_hand and not expired():
+            run = queue.pop()
+            pending.add(pool.submit(execute_run, run, study, study_dir / run.run_id,
+                                    run.run_id in replace, callbacks_for, threads))
+
     try:
-        while queue or pending:
-            while queue and len(pending) < in_hand and not expired():
-                run = queue.pop()
-                pending.add(pool.submit(execute_run, run, study, study_dir / run.run_id,
-                                        run.run_id in replace, callbacks_for, threads))
-            if not pending:  # expired before another run was submitted
-                break
+        submit_more()
+        while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            submit_more()  # before the outcomes are handled (which may take a while): workers are free
             for fut in finished:
                 yield fut.result()
     except BaseException:
