@@ -221,6 +221,7 @@ def test_wall_clock_shows_medians_with_order_statistic_intervals(tmp_path):
     text, _ = _report(src, tmp_path / "rep")
     section = text.split("## Wall-clock")[1].split("\n## ")[0]
     assert "median over seeds [95% distribution-free interval" in section
+    assert "- Wall-clock: medians over seeds with a distribution-free 95% interval" in text
     for method in ("maml", "maml+ga"):
         v = np.sort(res.loc[(res.metric == "wall_seconds") & (res.method == method), "value"].to_numpy())
         iv = Interval(float(np.median(v)), float(v[1]), float(v[8]), 10, "order")  # ranks 2 and 9 of 10

@@ -628,6 +628,9 @@ class _Sections:
             f"than 95%; the t interval keeps its coverage at small n (tested by simulation in "
             f"`tests/test_stats.py`). Each seed's value is the mean over meta-test tasks (its own t interval "
             f"over tasks is in `results.parquet`).",
+            f"- Wall-clock: medians over seeds with a distribution-free {LEVEL:.0%} interval from order "
+            "statistics (`scipy.stats.quantile_test`), since a run slowed by other work on the machine is an "
+            "outlier that would move a mean.",
             "- Paired differences (method - baseline, same seed): paired-t interval and p-value "
             "(`scipy.stats.ttest_rel`, the primary test) and the Wilcoxon signed-rank p-value "
             "(`scipy.stats.wilcoxon`, exact at small n) beside it.",
