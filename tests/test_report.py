@@ -269,6 +269,49 @@ def test_an_aggregator_zoo_is_ranked_per_baseline_and_pooled_over_baselines(tmp_
     assert "each weighting over every baseline" in section and "Bonferroni over the 3 rows" in section
 
 
+def test_no_call_favours_a_method_on_the_seeds_it_survived(tmp_path):
+    # maml+upgrad is clearly better where it finished, but diverged on seed 11 of every family:
+    # comparing the 11 seeds it survived would flatter it
+    effects = {"maml+upgrad": 0.2, "maml+ga": -0.2, "maml+pcgrad": 0.0, "reptile+ga": -0.2,
+               "reptile+upgrad": 0.2}
+    families = ("linear-binary", "sine", "moons")
+    src = fake_study(tmp_path / "runs", seeds=12, noise=0.02, methods=ZOO, effects=effects,
+                     families=families, seed_sets={"maml+upgrad": list(range(11))})
+    failed = {f"{f}__maml+upgrad__s11": "training diverged: query_loss=inf at step 7" for f in families}
+    (src / "failed.json").write_text(json.dumps(failed))
+    meta = json.loads((src / "study.json").read_text())
+    meta["runs"] = [{"run_id": r, "family_label": r.split("__")[0], "setting": "",
+                     "method_label": "maml+upgrad", "seed": 11} for r in failed]
+    (src / "study.json").write_text(json.dumps(meta))
+    text, comp = _report(src, tmp_path / "rep")
+    assert {"method_failed", "baseline_failed"} <= set(comp.columns)
+    primary = comp[(comp.metric == "loss_post") & (comp["select"] == "best_val")]
+    upgrad = primary[primary.method == "maml+upgrad"]
+    assert len(upgrad) == 3 and (upgrad.method_failed == 1).all() and (upgrad.baseline_failed == 0).all()
+    assert (upgrad.n_seeds == 11).all() and (upgrad.p_holm < 0.05).all() and (upgrad.diff_mean < 0).all()
+    assert (upgrad.verdict == "unresolved").all()  # significant, but not on the seeds it survived
+    other = primary[primary.method == "reptile+upgrad"]
+    assert (other.verdict == "better").all() and (other.method_failed == 0).all()
+    worse = primary[primary.method == "maml+ga"]
+    assert (worse.verdict == "worse").all()  # a failed method can still be called worse
+    assert ("`maml+upgrad` failed on 3 run(s) in 3 of these cell(s) (linear-binary, sine, moons): they "
+            "compare the seeds both finished, and no call there favours it (3 call(s) withheld).") in text
+    paired = text.split("## Paired differences")[1].split("\n## ")[0]
+    # every paired table's maml+upgrad cell: loss 3 cells, accuracy 2 (sine has none); best_val
+    # with both metrics pre and post adaptation, final with post only: 2 * 5 + 5
+    assert paired.count("(method failed on 1; n=11)") == 15
+    data = load_tables(tmp_path / "rep" / "data")
+    from gabench.reporting._analysis import comparisons, ranking
+
+    rk = ranking(data, comparisons(data), "loss_post", "best_val").set_index(["group", "method"])
+    assert rk.loc[("maml", "maml+upgrad"), "iqm_low"] > 0
+    assert rk.loc[("maml", "maml+upgrad"), "overall"] == "unresolved (failed runs)"
+    assert rk.loc[("maml", "maml+upgrad"), "failed"] == 3
+    assert rk.loc[("reptile", "reptile+upgrad"), "failed"] == 0
+    assert rk.loc[("reptile", "reptile+upgrad"), "overall"] == "better"
+    assert rk.loc[("all baselines", "upgrad"), "failed"] == 3
+
+
 def test_two_weightings_of_one_baseline_that_share_an_aggregator_are_not_pooled(tmp_path):
     zoo = {"maml": ("maml", "mean"), "maml+sm1": ("maml", "ga-softmax"), "maml+sm5": ("maml", "ga-softmax"),
            "reptile": ("reptile", "mean"), "reptile+sm1": ("reptile", "ga-softmax"),

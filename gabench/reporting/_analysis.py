@@ -38,7 +38,8 @@ TEST_METRICS: dict[str, str] = {
 PRIMARY = ("loss_post", "acc_post")
 #: Columns of ``comparisons.csv``, in order.
 COMPARISON_COLUMNS = ["metric", "cell", "method", "baseline", "select", "n_seeds", "baseline_mean",
-                      "method_mean", "diff_mean", "ci_low", "ci_high", "p_value", "p_holm", "verdict"]
+                      "method_mean", "diff_mean", "ci_low", "ci_high", "p_value", "p_holm", "verdict",
+                      "method_failed", "baseline_failed"]
 #: Convergence check: a late change smaller than this share of the final value is "flat".
 LATE_REL = 0.01
 #: Convergence check: a rise above the curve's best smaller than this share of the final value is "flat".
@@ -102,6 +103,20 @@ def _test_family(metric: str, select: str, primary: str) -> str:
     return f"pre-adaptation metrics, select = {select}"
 
 
+def failed_counts(data: ReportData) -> dict[tuple[str, str, str], int]:
+    """Failed runs (``failed.json``: diverged, or stopped by an error) per (family_label, setting,
+    method), located through the study's plan (``study.json``'s runs); runs the plan does not
+    list (plain run directories) are not counted."""
+    plan = {r.get("run_id"): r for r in data.meta.get("runs", []) if isinstance(r, dict)}
+    counts: dict[tuple[str, str, str], int] = {}
+    for run_id in data.failures:
+        r = plan.get(run_id)
+        if r is not None:
+            key = (str(r.get("family_label")), str(r.get("setting") or ""), str(r.get("method_label")))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def comparisons(data: ReportData) -> pd.DataFrame:
     """Every method-minus-baseline comparison: one row per metric x cell x pair x selection.
 
@@ -112,6 +127,12 @@ def comparisons(data: ReportData) -> pd.DataFrame:
     selection and the pre-adaptation metrics are separate (secondary) families. The verdict is
     ``better``/``worse`` when the Holm-adjusted paired-t p < 0.05, else ``unresolved``.
 
+    A failed run (:func:`failed_counts`; columns ``method_failed`` and ``baseline_failed``) leaves
+    its seed out of its cell's comparison, and the seeds left are those on which that side
+    survived, which flatters it. So no call favours a side that failed in the cell: a method that
+    failed on a seed is never called better there, nor its baseline's side (the method worse)
+    when the baseline failed; such a call is ``unresolved``.
+
     Returns:
         :data:`COMPARISON_COLUMNS` plus family_label, setting, p_wilcoxon, p_improve,
         lower_is_better, test_family; ordered by selection (primary first), metric, pair, cell.
@@ -119,6 +140,7 @@ def comparisons(data: ReportData) -> pd.DataFrame:
     primary = primary_select(data)
     metrics = [m for m in TEST_METRICS if m in set(data.test["metric"])]
     cells = data.cells
+    fails = failed_counts(data)
     rows = []
     for select in data.selections:
         for metric in metrics:
@@ -137,16 +159,19 @@ def comparisons(data: ReportData) -> pd.DataFrame:
                         "method_mean": float(a.mean()), "diff_mean": pt.diff.mean, "ci_low": pt.diff.low,
                         "ci_high": pt.diff.high, "p_value": pt.p_t, "family_label": f, "setting": s,
                         "p_wilcoxon": pt.p_wilcoxon, "p_improve": pt.p_improve, "lower_is_better": lower,
-                        "test_family": _test_family(metric, select, primary)})
+                        "test_family": _test_family(metric, select, primary),
+                        "method_failed": fails.get((f, s, method), 0),
+                        "baseline_failed": fails.get((f, s, base), 0)})
     extra = ["family_label", "setting", "p_wilcoxon", "p_improve", "lower_is_better", "test_family"]
     first = [c for c in COMPARISON_COLUMNS if c not in ("p_holm", "verdict")]
-    out = pd.DataFrame(rows, columns=first + extra)
+    out = pd.DataFrame(rows, columns=first + extra).astype({"method_failed": int, "baseline_failed": int})
     out["p_holm"] = np.nan
     for _, idx in out.groupby("test_family", sort=False).groups.items():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy())
     called = out["p_holm"] < ALPHA
     better = (out["diff_mean"] < 0) == out["lower_is_better"]
-    out["verdict"] = np.where(called & better, "better", np.where(called, "worse", "unresolved"))
+    favours_failed = np.where(better, out["method_failed"] > 0, out["baseline_failed"] > 0)
+    out["verdict"] = np.where(called & ~favours_failed, np.where(better, "better", "worse"), "unresolved")
     return out[COMPARISON_COLUMNS + extra]
 
 
@@ -239,7 +264,7 @@ def aggregates(data: ReportData, metric: str, select: str, seed: int = 0) -> pd.
 #: Columns of :func:`ranking`.
 RANKING_COLUMNS = ["group", "method", "rank", "k", "level", "iqm", "iqm_low", "iqm_high", "mean", "mean_low",
                    "mean_high", "p_improve", "p_low", "p_high", "n_cells", "n_runs", "better", "worse",
-                   "unresolved", "overall"]
+                   "unresolved", "overall", "failed"]
 
 
 def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed: int = 0) -> pd.DataFrame:
@@ -260,7 +285,10 @@ def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed
     methods), and ``overall`` is ``better`` when the IQM's interval lies above 0, ``worse`` when
     it lies below, ``no difference`` otherwise: with k methods in a group, the chance of calling
     any of them wrongly stays below 5%. ``better``/``worse``/``unresolved`` count the cells of
-    ``comp`` (:func:`comparisons`) with that verdict for ``metric`` under ``select``.
+    ``comp`` (:func:`comparisons`) with that verdict for ``metric`` under ``select``. ``failed``
+    counts the method's failed runs in its cells (:func:`failed_counts`): their seeds are not in
+    the scores, which flatters it, so a method with failed runs is never called ``better``
+    overall (``unresolved (failed runs)`` instead).
 
     Returns:
         Columns :data:`RANKING_COLUMNS`, each group sorted by IQM (best first); empty when no
@@ -277,6 +305,7 @@ def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed
     cells = list(dict.fromkeys(zip(scores["family_label"], scores["setting"], strict=True)))
     verdicts = comp[(comp["metric"] == metric) & (comp["select"] == select)]
     counts = verdicts.groupby(["method", "baseline", "verdict"]).size().to_dict()
+    fails = failed_counts(data)
 
     def pair_cells(method: str, base: str) -> list[pd.Series]:
         return [by_pair[(method, base, f, s)] for f, s in cells if (method, base, f, s) in by_pair]
@@ -312,13 +341,15 @@ def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed
             agg = aggregate_scores(per_cell, level=level, rng=seed)
             poi = probability_of_improvement(per_cell, lower_is_better=False, level=level, rng=seed)
             iqm = agg["iqm"]
-            overall = "better" if iqm.low > 0 else "worse" if iqm.high < 0 else "no difference"
+            failed = sum(fails.get((f, s, m), 0) for m, _ in pairs for f, s in cells)
+            overall = ("worse" if iqm.high < 0 else "no difference" if iqm.low <= 0
+                       else "better" if not failed else "unresolved (failed runs)")
             tally = {v: sum(counts.get((m, b, v), 0) for m, b in pairs)
                      for v in ("better", "worse", "unresolved")}
             rows.append([group, label, 0, k, level, iqm.mean, iqm.low, iqm.high, agg["mean"].mean,
                          agg["mean"].low, agg["mean"].high, poi.mean, poi.low, poi.high, len(per_cell),
                          int(sum(x.size for x in per_cell)), tally["better"], tally["worse"],
-                         tally["unresolved"], overall])
+                         tally["unresolved"], overall, failed])
     out = pd.DataFrame(rows, columns=RANKING_COLUMNS)
     order = list(groups)
     out["_g"] = out["group"].map(order.index)

@@ -243,6 +243,15 @@ class _Sections:
         raw = int((part["p_value"] < ALPHA).sum())
         if raw != nb + nw:
             text += f" (Before the Holm correction {raw} cell(s) had p < {ALPHA:g}.)"
+        for side, who in (("method_failed", method), ("baseline_failed", base)):
+            hit = part[part[side] > 0]
+            if len(hit):
+                withheld = int(((part["p_holm"] < ALPHA) & (part["verdict"] == "unresolved")
+                                & (part[side] > 0)).sum())
+                text += (f" `{who}` failed on {int(hit[side].sum())} run(s) in {len(hit)} of these cell(s) "
+                         f"({', '.join(_where(r.family_label, r.setting) for r in hit.itertuples())}): "
+                         "they compare the seeds both finished, and no call there favours it"
+                         + (f" ({withheld} call(s) withheld)" if withheld else "") + ".")
         rel = (part["diff_mean"] / part["baseline_mean"].abs()).replace([np.inf, -np.inf], np.nan).dropna()
         if len(rel):
             text += (f" Relative to the baseline's mean the differences range from {_pct(rel.min())} to "
@@ -303,8 +312,11 @@ class _Sections:
                             continue
                         iv = Interval(r.diff_mean, r.ci_low, r.ci_high, r.n_seeds)
                         mark = f" **{r.verdict}**" if r.verdict != "unresolved" else ""
+                        sides = (("method", r.method_failed), ("baseline", r.baseline_failed))
+                        failed = ", ".join(f"{who} failed on {k}" for who, k in sides if k)
                         row.append(f"{fmt_interval(iv)}<br>p={fmt_p(r.p_value)}, p_W={fmt_p(r.p_wilcoxon)}, "
-                                   f"p_H={fmt_p(r.p_holm)}{mark}")
+                                   f"p_H={fmt_p(r.p_holm)}{mark}"
+                                   + (f"<br>({failed}; n={r.n_seeds})" if failed else ""))
                     rows.append(row)
                 sign = "negative" if lower else "positive"
                 fam = part["test_family"].iloc[0]
@@ -384,7 +396,7 @@ class _Sections:
                          _pct_ci(r.mean, r.mean_low, r.mean_high),
                          f"{r.p_improve:.2f} [{r.p_low:.2f}, {r.p_high:.2f}]",
                          f"{r.better} / {r.worse} / {r.unresolved}", f"{r.n_cells} x {r.n_runs}",
-                         f"**{r.overall}**" if r.overall != "no difference" else r.overall]
+                         str(r.failed), f"**{r.overall}**" if r.overall in ("better", "worse") else r.overall]
                         for r in part.itertuples()]
                 k, level = int(part["k"].iloc[0]), float(part["level"].iloc[0])
                 if pooled:
@@ -403,7 +415,7 @@ class _Sections:
                           f"Intervals at {level:.2%} (Bonferroni over the {k} rows).", "",
                           md_table(["rank", "weighting" if pooled else "method", "IQM score", "mean score",
                                     "P(improve)", "cells better / worse / unresolved", "cells x runs",
-                                    "overall"], rows), "", verdict, ""]
+                                    "failed runs", "overall"], rows), "", verdict, ""]
         if not lines:
             return ""
         intro = [f"## Ranking: does any weighting beat its baseline? (`select = {self.primary}`)", "",
@@ -414,7 +426,8 @@ class _Sections:
                  "chance of any wrong overall call in a group stays below 5%. Where intervals overlap, the "
                  "order between those methods is not established; a method that lacks some cells is "
                  "ranked over fewer (\"cells x runs\"). The cell counts are the Holm-corrected verdicts "
-                 "of the primary family.", ""]
+                 "of the primary family. A failed (diverged) run leaves its seed out of the scores, which "
+                 "flatters the method: a method with failed runs is never called better overall.", ""]
         return "\n".join(intro + lines)
 
     def by_setting(self) -> str:
@@ -628,6 +641,10 @@ class _Sections:
             f"than 95%; the t interval keeps its coverage at small n (tested by simulation in "
             f"`tests/test_stats.py`). Each seed's value is the mean over meta-test tasks (its own t interval "
             f"over tasks is in `results.parquet`).",
+            "- Failed runs (diverged, or stopped by an error) leave their seed out of their cell's "
+            "comparisons, so the seeds compared are those on which that side survived: no call favours a "
+            "side that failed in the cell (columns `method_failed`, `baseline_failed` of `comparisons.csv`), "
+            "and a method with failed runs is never called better overall in the ranking.",
             f"- Wall-clock: medians over seeds with a distribution-free {LEVEL:.0%} interval from order "
             "statistics (`scipy.stats.quantile_test`), since a run slowed by other work on the machine is an "
             "outlier that would move a mean.",

@@ -378,6 +378,9 @@ def read_untuned(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     except Exception as exc:  # pandas raises several types for damaged files
         raise ConfigError("--untuned", str(csv),
                           f"a readable comparisons.csv ({type(exc).__name__})") from None
+    for col in ("method_failed", "baseline_failed"):  # not in reports written before they existed
+        if col not in comp:
+            comp[col] = 0
     missing = [c for c in an.COMPARISON_COLUMNS if c not in comp]
     if missing:
         raise ConfigError("--untuned", str(csv),
