@@ -294,8 +294,8 @@ def test_no_call_favours_a_method_on_the_seeds_it_survived(tmp_path):
     assert (other.verdict == "better").all() and (other.method_failed == 0).all()
     worse = primary[primary.method == "maml+ga"]
     assert (worse.verdict == "worse").all()  # a failed method can still be called worse
-    assert ("`maml+upgrad` failed on 3 run(s) in 3 of these cell(s) (linear-binary, sine, moons): they "
-            "compare the seeds both finished, and no call there favours it (3 call(s) withheld).") in text
+    assert ("`maml+upgrad` failed on 3 run(s) in 3 cell(s) (linear-binary, sine, moons): the comparisons "
+            "there use the seeds both finished, and none favours it (3 call(s) withheld).") in text
     paired = text.split("## Paired differences")[1].split("\n## ")[0]
     # every paired table's maml+upgrad cell: loss 3 cells, accuracy 2 (sine has none); best_val
     # with both metrics pre and post adaptation, final with post only: 2 * 5 + 5
@@ -308,8 +308,55 @@ def test_no_call_favours_a_method_on_the_seeds_it_survived(tmp_path):
     assert rk.loc[("maml", "maml+upgrad"), "overall"] == "unresolved (failed runs)"
     assert rk.loc[("maml", "maml+upgrad"), "failed"] == 3
     assert rk.loc[("reptile", "reptile+upgrad"), "failed"] == 0
+    assert (rk["baseline_failed"] == 0).all()
     assert rk.loc[("reptile", "reptile+upgrad"), "overall"] == "better"
     assert rk.loc[("all baselines", "upgrad"), "failed"] == 3
+
+
+def _record_failed(src: Path, failed: dict[str, str], runs: list[dict]) -> None:
+    """Lists ``failed`` in ``failed.json`` and their plan entries (``runs``) in ``study.json``."""
+    (src / "failed.json").write_text(json.dumps(failed))
+    meta = json.loads((src / "study.json").read_text())
+    meta["runs"] = runs
+    (src / "study.json").write_text(json.dumps(meta))
+
+
+def test_a_baseline_that_failed_makes_no_method_worse_overall(tmp_path):
+    effects = {"maml+upgrad": 0.2, "maml+ga": -0.2, "maml+pcgrad": 0.0, "reptile+ga": -0.2,
+               "reptile+upgrad": 0.2}
+    families = ("linear-binary", "sine", "moons")
+    src = fake_study(tmp_path / "runs", seeds=12, noise=0.02, methods=ZOO, effects=effects,
+                     families=families, seed_sets={"maml": list(range(11))})
+    _record_failed(src, {f"{f}__maml__s11": "diverged" for f in families},
+                   [{"run_id": f"{f}__maml__s11", "family_label": f, "setting": "", "method_label": "maml",
+                     "seed": 11} for f in families])
+    text, comp = _report(src, tmp_path / "rep")
+    primary = comp[(comp.metric == "loss_post") & (comp["select"] == "best_val")]
+    assert (primary[primary.method == "maml+ga"].verdict == "unresolved").all()  # worse, withheld
+    assert (primary[primary.method == "maml+upgrad"].verdict == "better").all()  # its baseline failed
+    data = load_tables(tmp_path / "rep" / "data")
+    from gabench.reporting._analysis import comparisons, ranking
+
+    rk = ranking(data, comparisons(data), "loss_post", "best_val").set_index(["group", "method"])
+    assert rk.loc[("maml", "maml+ga"), "iqm_high"] < 0 and rk.loc[("maml", "maml+ga"), "baseline_failed"] == 3
+    assert rk.loc[("maml", "maml+ga"), "overall"] == "unresolved (failed runs)"
+    assert rk.loc[("maml", "maml+upgrad"), "overall"] == "better"
+    assert rk.loc[("reptile", "reptile+ga"), "overall"] == "worse"  # reptile did not fail
+
+
+def test_failures_in_a_cell_without_any_finished_run_are_named(tmp_path):
+    src = fake_study(tmp_path / "runs", seeds=3)
+    lost = [f"sine__maml+ga__s{s}" for s in range(3)]
+    for name in ("results.parquet", "weights.parquet"):
+        table = pd.read_parquet(src / name)
+        table[~table["run"].isin(lost)].to_parquet(src / name, index=False)
+    _record_failed(src, dict.fromkeys(lost, "diverged"),
+                   [{"run_id": r, "family_label": "sine", "setting": "", "method_label": "maml+ga",
+                     "seed": int(r[-1])} for r in lost])
+    text, comp = _report(src, tmp_path / "rep")
+    assert "sine" not in set(comp.loc[comp.method == "maml+ga", "cell"])  # nothing to compare there
+    findings = text.split("## Findings")[1].split("\n## ")[0]
+    assert "`maml+ga` failed on 3 run(s) in 1 cell(s) (sine)" in findings
 
 
 def test_two_weightings_of_one_baseline_that_share_an_aggregator_are_not_pooled(tmp_path):

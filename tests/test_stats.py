@@ -199,6 +199,29 @@ def test_aggregates_match_pooled_mean_and_scipy_trim_mean():
     assert 0.6 * t_width < width < 1.3 * t_width
 
 
+def test_aggregates_of_one_seed_per_cell_have_no_interval():
+    # a bootstrap within cells of one value has nothing to resample: no interval, not a zero-width one
+    agg = aggregate_scores([np.array([0.2]), np.array([0.5]), np.array([-0.1])])
+    assert agg["mean"].mean == pytest.approx(0.2) and np.isnan(agg["mean"].low) and np.isnan(agg["iqm"].high)
+    poi = probability_of_improvement([np.array([0.3]), np.array([0.1])], lower_is_better=False)
+    assert poi.mean == 1.0 and np.isnan(poi.low)
+    frac, low, high = score_profile([np.array([0.3]), np.array([0.1])], np.array([0.0, 0.2]))
+    np.testing.assert_allclose(frac, [1.0, 0.5])
+    assert np.isnan(low).all() and np.isnan(high).all()
+
+
+def test_a_cell_of_one_seed_enters_every_resample_unchanged():
+    # cells of 5 seeds and of 1 (its other seeds failed): the single value is a constant of the
+    # stratified bootstrap, so the interval is scipy's bootstrap of the 5 with that constant added
+    a, b = np.array([0.1, 0.4, -0.2, 0.3, 0.0]), np.array([0.25])
+    agg = aggregate_scores([a, b], rng=5)
+    ref = stats.bootstrap((a,), lambda x, axis=-1: (x.sum(axis=axis) + b[0]) / 6, n_resamples=4000,
+                          method="percentile", vectorized=True, random_state=np.random.default_rng(5))
+    assert agg["mean"].mean == pytest.approx((a.sum() + b[0]) / 6)
+    assert (agg["mean"].low, agg["mean"].high) == pytest.approx(
+        (ref.confidence_interval.low, ref.confidence_interval.high))
+
+
 def test_probability_of_improvement_by_hand():
     d = [np.array([1.0, 0.0, -2.0, 3.0]), np.array([-1.0, -1.0])]
     # family 1: 2 better + 1 tie of 4 = 2.5 / 4; family 2: 0 of 2. Mean over families 0.3125

@@ -264,7 +264,7 @@ def aggregates(data: ReportData, metric: str, select: str, seed: int = 0) -> pd.
 #: Columns of :func:`ranking`.
 RANKING_COLUMNS = ["group", "method", "rank", "k", "level", "iqm", "iqm_low", "iqm_high", "mean", "mean_low",
                    "mean_high", "p_improve", "p_low", "p_high", "n_cells", "n_runs", "better", "worse",
-                   "unresolved", "overall", "failed"]
+                   "unresolved", "overall", "failed", "baseline_failed"]
 
 
 def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed: int = 0) -> pd.DataFrame:
@@ -286,9 +286,11 @@ def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed
     it lies below, ``no difference`` otherwise: with k methods in a group, the chance of calling
     any of them wrongly stays below 5%. ``better``/``worse``/``unresolved`` count the cells of
     ``comp`` (:func:`comparisons`) with that verdict for ``metric`` under ``select``. ``failed``
-    counts the method's failed runs in its cells (:func:`failed_counts`): their seeds are not in
-    the scores, which flatters it, so a method with failed runs is never called ``better``
-    overall (``unresolved (failed runs)`` instead).
+    and ``baseline_failed`` count the failed runs of the method and of its baselines in its cells
+    (:func:`failed_counts`): their seeds are not in the scores, which flatters the side that
+    failed, so a method with failed runs is never called ``better`` overall, nor ``worse`` when
+    its baseline failed (``unresolved (failed runs)`` instead). Without an interval (one seed per
+    cell) the call is ``no difference``.
 
     Returns:
         Columns :data:`RANKING_COLUMNS`, each group sorted by IQM (best first); empty when no
@@ -342,14 +344,19 @@ def ranking(data: ReportData, comp: pd.DataFrame, metric: str, select: str, seed
             poi = probability_of_improvement(per_cell, lower_is_better=False, level=level, rng=seed)
             iqm = agg["iqm"]
             failed = sum(fails.get((f, s, m), 0) for m, _ in pairs for f, s in cells)
-            overall = ("worse" if iqm.high < 0 else "no difference" if iqm.low <= 0
-                       else "better" if not failed else "unresolved (failed runs)")
+            base_failed = sum(fails.get((f, s, b), 0) for b in {b for _, b in pairs} for f, s in cells)
+            if iqm.low > 0:
+                overall = "better" if not failed else "unresolved (failed runs)"
+            elif iqm.high < 0:
+                overall = "worse" if not base_failed else "unresolved (failed runs)"
+            else:  # the interval holds 0, or there is none
+                overall = "no difference"
             tally = {v: sum(counts.get((m, b, v), 0) for m, b in pairs)
                      for v in ("better", "worse", "unresolved")}
             rows.append([group, label, 0, k, level, iqm.mean, iqm.low, iqm.high, agg["mean"].mean,
                          agg["mean"].low, agg["mean"].high, poi.mean, poi.low, poi.high, len(per_cell),
                          int(sum(x.size for x in per_cell)), tally["better"], tally["worse"],
-                         tally["unresolved"], overall, failed])
+                         tally["unresolved"], overall, failed, base_failed])
     out = pd.DataFrame(rows, columns=RANKING_COLUMNS)
     order = list(groups)
     out["_g"] = out["group"].map(order.index)

@@ -99,6 +99,7 @@ class _Sections:
         self.d, self.out, self.command, self.seed = d, out, command, seed
         self.cells, self.methods, self.pairs = d.cells, d.methods, d.pairs
         self.info = d.method_info
+        self.fails = an.failed_counts(d)
         self.styles = plots.method_styles(self.info)
         self.primary = an.primary_select(d)
         self.selects = d.selections
@@ -243,14 +244,15 @@ class _Sections:
         raw = int((part["p_value"] < ALPHA).sum())
         if raw != nb + nw:
             text += f" (Before the Holm correction {raw} cell(s) had p < {ALPHA:g}.)"
-        for side, who in (("method_failed", method), ("baseline_failed", base)):
-            hit = part[part[side] > 0]
-            if len(hit):
+        better = (part["diff_mean"] < 0) == part["lower_is_better"]
+        for side, who, favoured in (("method_failed", method, better), ("baseline_failed", base, ~better)):
+            hit = [(c, k) for c in self.cells if (k := self.fails.get((*c, who), 0))]
+            if hit:
                 withheld = int(((part["p_holm"] < ALPHA) & (part["verdict"] == "unresolved")
-                                & (part[side] > 0)).sum())
-                text += (f" `{who}` failed on {int(hit[side].sum())} run(s) in {len(hit)} of these cell(s) "
-                         f"({', '.join(_where(r.family_label, r.setting) for r in hit.itertuples())}): "
-                         "they compare the seeds both finished, and no call there favours it"
+                                & (part[side] > 0) & favoured).sum())
+                text += (f" `{who}` failed on {sum(k for _, k in hit)} run(s) in {len(hit)} cell(s) "
+                         f"({', '.join(_where(*c) for c, _ in hit)}): the comparisons there use the seeds "
+                         "both finished, and none favours it"
                          + (f" ({withheld} call(s) withheld)" if withheld else "") + ".")
         rel = (part["diff_mean"] / part["baseline_mean"].abs()).replace([np.inf, -np.inf], np.nan).dropna()
         if len(rel):
@@ -291,7 +293,9 @@ class _Sections:
                  f"For each seed, the method's meta-test value minus its baseline's on the same seed (same "
                  f"tasks and initial model). Cells: mean difference [{LEVEL:.0%} paired-t interval]; p = "
                  f"paired-t p-value, p_W = Wilcoxon signed-rank p-value, p_H = Holm-adjusted paired-t "
-                 f"p-value within the cell's family of tests; **better**/**worse** when p_H < {ALPHA:g}.", ""]
+                 f"p-value within the cell's family of tests; **better**/**worse** when p_H < {ALPHA:g}, "
+                 "unless the call favours a side that failed on a seed of the cell (then it is withheld).",
+                 ""]
         if not self.pairs:
             return "\n".join(lines + ["No method with a baseline in this study.", ""])
         for select in self.selects:
@@ -396,7 +400,8 @@ class _Sections:
                          _pct_ci(r.mean, r.mean_low, r.mean_high),
                          f"{r.p_improve:.2f} [{r.p_low:.2f}, {r.p_high:.2f}]",
                          f"{r.better} / {r.worse} / {r.unresolved}", f"{r.n_cells} x {r.n_runs}",
-                         str(r.failed), f"**{r.overall}**" if r.overall in ("better", "worse") else r.overall]
+                         f"{r.failed} / {r.baseline_failed}",
+                         f"**{r.overall}**" if r.overall in ("better", "worse") else r.overall]
                         for r in part.itertuples()]
                 k, level = int(part["k"].iloc[0]), float(part["level"].iloc[0])
                 if pooled:
@@ -415,7 +420,7 @@ class _Sections:
                           f"Intervals at {level:.2%} (Bonferroni over the {k} rows).", "",
                           md_table(["rank", "weighting" if pooled else "method", "IQM score", "mean score",
                                     "P(improve)", "cells better / worse / unresolved", "cells x runs",
-                                    "failed runs", "overall"], rows), "", verdict, ""]
+                                    "failed runs (method / baseline)", "overall"], rows), "", verdict, ""]
         if not lines:
             return ""
         intro = [f"## Ranking: does any weighting beat its baseline? (`select = {self.primary}`)", "",
@@ -427,7 +432,8 @@ class _Sections:
                  "order between those methods is not established; a method that lacks some cells is "
                  "ranked over fewer (\"cells x runs\"). The cell counts are the Holm-corrected verdicts "
                  "of the primary family. A failed (diverged) run leaves its seed out of the scores, which "
-                 "flatters the method: a method with failed runs is never called better overall.", ""]
+                 "flatters the side that failed: a method with failed runs is never called better overall, "
+                 "nor worse when its baseline failed.", ""]
         return "\n".join(intro + lines)
 
     def by_setting(self) -> str:

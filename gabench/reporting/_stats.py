@@ -252,20 +252,45 @@ def min_seeds_for_call(m: int, alpha: float = ALPHA) -> int:
     return n
 
 
+def _resampled(samples: list[np.ndarray], statistic: Callable[..., np.ndarray],
+               ) -> tuple[list[np.ndarray], Callable[..., np.ndarray]] | None:
+    """The samples a stratified bootstrap resamples, and ``statistic`` over them: a sample of one
+    value resamples to itself (and ``scipy.stats.bootstrap`` takes none), so it enters every
+    resample as it is. None when no sample has two values: one seed per cell tells nothing of the
+    seed-to-seed variation, so there is no interval."""
+    multi = [s for s in samples if s.size >= 2]
+    single = [s for s in samples if s.size < 2]
+    if not multi:
+        return None
+    if not single:
+        return multi, statistic
+
+    def with_single(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
+        lead = xs[0].shape[:-1]
+        return statistic(*xs, *(np.broadcast_to(s, (*lead, s.size)) for s in single), axis=axis)
+
+    return multi, with_single
+
+
 def _stratified_ci(samples: list[np.ndarray], statistic: Callable[..., np.ndarray], level: float,
                    rng: np.random.Generator | int | None) -> tuple[float, float, float]:
-    """Point estimate and stratified-bootstrap interval (each sample resampled on its own)."""
+    """Point estimate and stratified-bootstrap interval (each sample resampled on its own); NaN
+    bounds when no sample has two values (:func:`_resampled`)."""
     point = float(statistic(*samples, axis=-1))
-    if sum(s.size for s in samples) < 3 or all(np.ptp(s) == 0 for s in samples):
+    resampled = _resampled(samples, statistic)
+    if resampled is None:
+        return point, math.nan, math.nan
+    multi, fn = resampled
+    if all(np.ptp(s) == 0 for s in multi):  # every resample is the data itself
         return point, point, point
     method = "BCa" if sum(s.size for s in samples) >= BOOTSTRAP_MIN_N else "percentile"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples in BCa's jackknife
-        res = stats.bootstrap(tuple(samples), statistic, confidence_level=level, n_resamples=N_RESAMPLES,
+        res = stats.bootstrap(tuple(multi), fn, confidence_level=level, n_resamples=N_RESAMPLES,
                               method=method, vectorized=True, random_state=np.random.default_rng(rng))
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined: fall back to percentile
-        res = stats.bootstrap(tuple(samples), statistic, confidence_level=level, n_resamples=N_RESAMPLES,
+        res = stats.bootstrap(tuple(multi), fn, confidence_level=level, n_resamples=N_RESAMPLES,
                               method="percentile", vectorized=True, random_state=np.random.default_rng(rng))
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return point, low, high
@@ -325,9 +350,13 @@ def score_profile(scores: Sequence[np.ndarray], taus: np.ndarray, level: float =
         return np.moveaxis((x[..., None, :] > t[:, None]).mean(axis=-1), -1, 0)
 
     frac = statistic(*samples)
-    if sum(s.size for s in samples) < 3 or all(np.ptp(s) == 0 for s in samples):
+    resampled = _resampled(samples, statistic)
+    if resampled is None:
+        return frac, np.full_like(frac, np.nan), np.full_like(frac, np.nan)
+    multi, fn = resampled
+    if all(np.ptp(s) == 0 for s in multi):
         return frac, frac, frac
-    res = stats.bootstrap(tuple(samples), statistic, confidence_level=level, n_resamples=N_RESAMPLES,
+    res = stats.bootstrap(tuple(multi), fn, confidence_level=level, n_resamples=N_RESAMPLES,
                           method="percentile", vectorized=True, random_state=np.random.default_rng(rng))
     return frac, np.asarray(res.confidence_interval.low), np.asarray(res.confidence_interval.high)
 
