@@ -356,7 +356,11 @@ def test_failures_in_a_cell_without_any_finished_run_are_named(tmp_path):
     text, comp = _report(src, tmp_path / "rep")
     assert "sine" not in set(comp.loc[comp.method == "maml+ga", "cell"])  # nothing to compare there
     findings = text.split("## Findings")[1].split("\n## ")[0]
-    assert "`maml+ga` failed on 3 run(s) in 1 cell(s) (sine)" in findings
+    lines = findings.splitlines()
+    loss, acc = (next(line for line in lines if line.startswith(f"- `maml+ga` vs `maml`, `{m}`"))
+                 for m in ("loss_post", "acc_post"))
+    assert "`maml+ga` failed on 3 run(s) in 1 cell(s) (sine)" in loss
+    assert "failed" not in acc  # sine has no accuracy
 
 
 def test_two_weightings_of_one_baseline_that_share_an_aggregator_are_not_pooled(tmp_path):
@@ -460,6 +464,14 @@ def test_corrupt_tables_are_one_line_errors(tmp_path, capsys):
 
 def test_report_of_nothing_is_a_one_line_error(tmp_path, capsys):
     _one_line_error(capsys, ["report", "absent", "--runs-root", str(tmp_path)], "source='absent'")
+
+
+def test_aggregates_from_one_seed_per_cell_show_no_interval_and_make_no_call(tmp_path):
+    src = fake_study(tmp_path / "runs", seeds=1, methods=ZOO, effects={"maml+upgrad": 0.3})
+    text, _ = _report(src, tmp_path / "rep")
+    assert "(no interval)" in text and "nan" not in text.split("## Meta-test results")[0]
+    ranking = text.split("## Ranking")[1].split("\n## ")[0]
+    assert "**better**" not in ranking and "**worse**" not in ranking
 
 
 def test_interval_formatting():

@@ -74,8 +74,17 @@ def _pct(x: float) -> str:
 
 
 def _pct_ci(est: float, low: float, high: float) -> str:
-    """``+1.3% [-0.4, +3.0]``."""
+    """``+1.3% [-0.4, +3.0]``, or ``+1.3% (no interval)`` where there is none (one seed per cell)."""
+    if math.isnan(low) or math.isnan(high):
+        return f"{_pct(est)} (no interval)"
     return f"{_pct(est)} [{_pct(low)[:-1]}, {_pct(high)[:-1]}]"
+
+
+def _share_ci(est: float, low: float, high: float) -> str:
+    """``0.62 [0.40, 0.80]``, or ``0.62 (no interval)``."""
+    if math.isnan(low) or math.isnan(high):
+        return f"{est:.2f} (no interval)"
+    return f"{est:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def _col(cell: tuple[str, str]) -> str:
@@ -216,7 +225,7 @@ class _Sections:
                 iqm, poi = r.loc["iqm"], r.loc["p_improve"]
                 lines.append(f"- Across cells, `{method}` vs `{base}`, `{metric}`: IQM of the normalised "
                              f"improvement {_pct_ci(iqm.estimate, iqm.low, iqm.high)}, P(`{method}` beats "
-                             f"`{base}`) = {poi.estimate:.2f} [{poi.low:.2f}, {poi.high:.2f}].")
+                             f"`{base}`) = {_share_ci(poi.estimate, poi.low, poi.high)}.")
         flagged = self.conv[self.conv["flag"].isin(["still improving", "rising (overfitting)"])] \
             if not self.conv.empty else self.conv
         if len(flagged):
@@ -246,7 +255,7 @@ class _Sections:
             text += f" (Before the Holm correction {raw} cell(s) had p < {ALPHA:g}.)"
         better = (part["diff_mean"] < 0) == part["lower_is_better"]
         for side, who, favoured in (("method_failed", method, better), ("baseline_failed", base, ~better)):
-            hit = [(c, k) for c in self.cells if (k := self.fails.get((*c, who), 0))]
+            hit = [(c, k) for c in self._metric_cells(metric) if (k := self.fails.get((*c, who), 0))]
             if hit:
                 withheld = int(((part["p_holm"] < ALPHA) & (part["verdict"] == "unresolved")
                                 & (part[side] > 0) & favoured).sum())
@@ -259,6 +268,13 @@ class _Sections:
             text += (f" Relative to the baseline's mean the differences range from {_pct(rel.min())} to "
                      f"{_pct(rel.max())}.")
         return text
+
+    def _metric_cells(self, metric: str) -> list[tuple[str, str]]:
+        """The cells in which some run has ``metric`` (a family without accuracy has no acc_*)."""
+        runs = self.d.test.loc[self.d.test["metric"] == metric, "run"]
+        where = self.d.runs.loc[self.d.runs["run"].isin(runs), ["family_label", "setting"]]
+        has = set(zip(where["family_label"], where["setting"], strict=True))
+        return [c for c in self.cells if c in has]
 
     def seed_warning(self) -> str:
         r = self.req
@@ -362,7 +378,7 @@ class _Sections:
 
                 poi = r.loc["p_improve"]
                 rows.append([f"`{method}` - `{base}`", f"`{metric}`", pct("mean"), pct("iqm"),
-                             f"{poi.estimate:.2f} [{poi.low:.2f}, {poi.high:.2f}]",
+                             _share_ci(poi.estimate, poi.low, poi.high),
                              f"{int(r.at['mean', 'n_cells'])} x {int(r.at['mean', 'n_runs'])} runs"])
             tag = "primary" if select == self.primary else "secondary"
             lines += [f"### `select = {select}` ({tag})", "",
@@ -398,7 +414,7 @@ class _Sections:
                 pooled = group == "all baselines"
                 rows = [[str(r.rank), f"`{r.method}`", _pct_ci(r.iqm, r.iqm_low, r.iqm_high),
                          _pct_ci(r.mean, r.mean_low, r.mean_high),
-                         f"{r.p_improve:.2f} [{r.p_low:.2f}, {r.p_high:.2f}]",
+                         _share_ci(r.p_improve, r.p_low, r.p_high),
                          f"{r.better} / {r.worse} / {r.unresolved}", f"{r.n_cells} x {r.n_runs}",
                          f"{r.failed} / {r.baseline_failed}",
                          f"**{r.overall}**" if r.overall in ("better", "worse") else r.overall]
