@@ -604,8 +604,13 @@ COUNTED = (*FINISHED, optuna.trial.TrialState.RUNNING)
 
 
 def study_setup(study: optuna.Study) -> dict[str, Any] | None:
-    """The setup the study's trials ran under (None: no finished or running trial)."""
-    trials = study.get_trials(deepcopy=False, states=COUNTED)
+    """The setup the study's trials ran under (None: no finished or running trial).
+
+    A trial that another process has just started but that has not sampled yet has no search
+    ranges to show: it is left out (it would read as a study that tunes nothing, and the other
+    process's setup as changed: two tuners started together on one study refused each other).
+    """
+    trials = [t for t in study.get_trials(deepcopy=False, states=COUNTED) if t.distributions]
     return recorded_setup(study.user_attrs, (t.distributions for t in trials), resolved_config)
 
 

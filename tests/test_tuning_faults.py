@@ -21,6 +21,7 @@ from gabench.tuning import (
     make_pruner,
     make_storage,
     reap_stale_trials,
+    study_changes,
     tune,
 )
 
@@ -82,6 +83,19 @@ def test_two_processes_on_one_journal_study_run_distinct_points(tmp_path):
     assert 8 <= len(study.trials) <= 9, (trials, outs)  # one budget, at most a start race of one
     assert len(set(points(study))) == len(study.trials), (trials, outs)
     assert "RUNNING" not in [t.state.name for t in study.trials], (trials, outs)
+
+
+def test_a_trial_started_elsewhere_that_has_not_sampled_yet_changes_no_setup(tmp_path):
+    # a second tuner that loads the study just after the first one started a trial (RUNNING, no
+    # parameter suggested yet) must not read it as a study tuned under another setup
+    tc = config(tmp_path, "fresh", 1)
+    storage = make_storage(tc.storage)
+    started = optuna.create_study(study_name="fresh", storage=storage).ask()
+    assert study_changes(load(tc.storage, "fresh"), tc) == []
+    storage.set_trial_state_values(started._trial_id, optuna.trial.TrialState.FAIL)
+    tune(tc)  # one trial with its search ranges
+    load(tc.storage, "fresh").ask()
+    assert study_changes(load(tc.storage, "fresh"), tc) == []
 
 
 def test_stale_running_trials_are_reaped_and_the_budget_is_met(tmp_path):
