@@ -604,13 +604,13 @@ COUNTED = (*FINISHED, optuna.trial.TrialState.RUNNING)
 
 
 def study_setup(study: optuna.Study) -> dict[str, Any] | None:
-    """The setup the study's trials ran under (None: no finished or running trial).
+    """The setup the study's finished trials ran under (None: no finished trial).
 
-    A trial that another process has just started but that has not sampled yet has no search
-    ranges to show: it is left out (it would read as a study that tunes nothing, and the other
-    process's setup as changed: two tuners started together on one study refused each other).
+    A running trial is left out: until its objective has sampled every tuned parameter its search
+    ranges are partial (none, or alpha without beta), and read as another setup they made two
+    tuners started together on one study refuse each other ("beta tuned too").
     """
-    trials = [t for t in study.get_trials(deepcopy=False, states=COUNTED) if t.distributions]
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
     return recorded_setup(study.user_attrs, (t.distributions for t in trials), resolved_config)
 
 
@@ -626,7 +626,7 @@ def study_changes(study: optuna.Study, tc: TuneConfig) -> list[str]:
     """How ``tc``'s setup differs from the one the study's trials ran under: run settings
     (steps, family parameters, outlier fraction, ...; not alpha, beta, the meta-test or the
     device), objective, selection and search ranges. [] when the same, or no trial has finished
-    or is running."""
+    (see :func:`study_setup`)."""
     return setup_changes(study_setup(study), expected_tuning_setup(tc), run_defaults())
 
 
