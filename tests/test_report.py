@@ -269,20 +269,34 @@ def test_an_aggregator_zoo_is_ranked_per_baseline_and_pooled_over_baselines(tmp_
     assert "each weighting over every baseline" in section and "Bonferroni over the 3 rows" in section
 
 
+def _record_failed(src: Path, failed: dict[str, str], runs: list[dict]) -> None:
+    """Lists ``failed`` in ``failed.json`` and their plan entries (``runs``) in ``study.json``."""
+    (src / "failed.json").write_text(json.dumps(failed))
+    meta = json.loads((src / "study.json").read_text())
+    meta["runs"] = runs
+    (src / "study.json").write_text(json.dumps(meta))
+
+
+ZOO_EFFECTS = {"maml+upgrad": 0.2, "maml+ga": -0.2, "maml+pcgrad": 0.0, "reptile+ga": -0.2,
+               "reptile+upgrad": 0.2}
+ZOO_FAMILIES = ("linear-binary", "sine", "moons")
+
+
+def _zoo_with_seed_11_failed(root: Path, method: str) -> Path:
+    """The zoo (12 seeds) where ``method`` failed on seed 11 of every family, recorded as failed."""
+    src = fake_study(root, seeds=12, noise=0.02, methods=ZOO, effects=ZOO_EFFECTS,
+                     families=ZOO_FAMILIES, seed_sets={method: list(range(11))})
+    runs = [f"{f}__{method}__s11" for f in ZOO_FAMILIES]
+    _record_failed(src, dict.fromkeys(runs, "training diverged: query_loss=inf at step 7"),
+                   [{"run_id": r, "family_label": r.split("__")[0], "setting": "", "method_label": method,
+                     "seed": 11} for r in runs])
+    return src
+
+
 def test_no_call_favours_a_method_on_the_seeds_it_survived(tmp_path):
     # maml+upgrad is clearly better where it finished, but diverged on seed 11 of every family:
     # comparing the 11 seeds it survived would flatter it
-    effects = {"maml+upgrad": 0.2, "maml+ga": -0.2, "maml+pcgrad": 0.0, "reptile+ga": -0.2,
-               "reptile+upgrad": 0.2}
-    families = ("linear-binary", "sine", "moons")
-    src = fake_study(tmp_path / "runs", seeds=12, noise=0.02, methods=ZOO, effects=effects,
-                     families=families, seed_sets={"maml+upgrad": list(range(11))})
-    failed = {f"{f}__maml+upgrad__s11": "training diverged: query_loss=inf at step 7" for f in families}
-    (src / "failed.json").write_text(json.dumps(failed))
-    meta = json.loads((src / "study.json").read_text())
-    meta["runs"] = [{"run_id": r, "family_label": r.split("__")[0], "setting": "",
-                     "method_label": "maml+upgrad", "seed": 11} for r in failed]
-    (src / "study.json").write_text(json.dumps(meta))
+    src = _zoo_with_seed_11_failed(tmp_path / "runs", "maml+upgrad")
     text, comp = _report(src, tmp_path / "rep")
     assert {"method_failed", "baseline_failed"} <= set(comp.columns)
     primary = comp[(comp.metric == "loss_post") & (comp["select"] == "best_val")]
@@ -313,23 +327,8 @@ def test_no_call_favours_a_method_on_the_seeds_it_survived(tmp_path):
     assert rk.loc[("all baselines", "upgrad"), "failed"] == 3
 
 
-def _record_failed(src: Path, failed: dict[str, str], runs: list[dict]) -> None:
-    """Lists ``failed`` in ``failed.json`` and their plan entries (``runs``) in ``study.json``."""
-    (src / "failed.json").write_text(json.dumps(failed))
-    meta = json.loads((src / "study.json").read_text())
-    meta["runs"] = runs
-    (src / "study.json").write_text(json.dumps(meta))
-
-
 def test_a_baseline_that_failed_makes_no_method_worse_overall(tmp_path):
-    effects = {"maml+upgrad": 0.2, "maml+ga": -0.2, "maml+pcgrad": 0.0, "reptile+ga": -0.2,
-               "reptile+upgrad": 0.2}
-    families = ("linear-binary", "sine", "moons")
-    src = fake_study(tmp_path / "runs", seeds=12, noise=0.02, methods=ZOO, effects=effects,
-                     families=families, seed_sets={"maml": list(range(11))})
-    _record_failed(src, {f"{f}__maml__s11": "diverged" for f in families},
-                   [{"run_id": f"{f}__maml__s11", "family_label": f, "setting": "", "method_label": "maml",
-                     "seed": 11} for f in families])
+    src = _zoo_with_seed_11_failed(tmp_path / "runs", "maml")
     text, comp = _report(src, tmp_path / "rep")
     primary = comp[(comp.metric == "loss_post") & (comp["select"] == "best_val")]
     assert (primary[primary.method == "maml+ga"].verdict == "unresolved").all()  # worse, withheld
