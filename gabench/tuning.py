@@ -603,14 +603,17 @@ def expected_tuning_setup(tc: TuneConfig) -> dict[str, Any]:
 COUNTED = (*FINISHED, optuna.trial.TrialState.RUNNING)
 
 
-def study_setup(study: optuna.Study) -> dict[str, Any] | None:
-    """The setup the study's finished trials ran under (None: no finished trial).
+def study_setup(study: optuna.Study, tuned: set[str] | None = None) -> dict[str, Any] | None:
+    """The setup the study's trials ran under (None: no such trial): its finished trials, and
+    its running ones that have sampled every name of ``tuned`` (None: finished trials only).
 
-    A running trial is left out: until its objective has sampled every tuned parameter its search
-    ranges are partial (none, or alpha without beta), and read as another setup they made two
-    tuners started together on one study refuse each other ("beta tuned too").
+    A running trial whose objective has not sampled every tuned parameter yet has partial search
+    ranges (none, or alpha without beta); read as another setup, they made two tuners started
+    together on one study refuse each other ("beta tuned too").
     """
-    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    trials = [t for t in study.get_trials(deepcopy=False, states=COUNTED)
+              if t.state != optuna.trial.TrialState.RUNNING
+              or (tuned is not None and t.distributions and tuned <= set(t.distributions))]
     return recorded_setup(study.user_attrs, (t.distributions for t in trials), resolved_config)
 
 
@@ -626,8 +629,8 @@ def study_changes(study: optuna.Study, tc: TuneConfig) -> list[str]:
     """How ``tc``'s setup differs from the one the study's trials ran under: run settings
     (steps, family parameters, outlier fraction, ...; not alpha, beta, the meta-test or the
     device), objective, selection and search ranges. [] when the same, or no trial has finished
-    (see :func:`study_setup`)."""
-    return setup_changes(study_setup(study), expected_tuning_setup(tc), run_defaults())
+    or is running with every parameter ``tc`` tunes sampled (see :func:`study_setup`)."""
+    return setup_changes(study_setup(study, set(tuned_ranges(tc))), expected_tuning_setup(tc), run_defaults())
 
 
 def existing_studies(tcs: list[TuneConfig]) -> list[tuple[TuneConfig, optuna.Study | None]]:
