@@ -75,19 +75,18 @@ class TorchJDAggregator(Aggregator):
             a divergence. (The check costs one device synchronisation per call on a GPU.)
         """
         _check_matrix(G)
-        nan = float("nan")
-        no_result = (G.new_full((G.shape[1],), nan), G.new_full((G.shape[0],), nan))
-        if not bool(torch.isfinite(G).all()):
-            return no_result
+        no_weights = G.new_full((G.shape[0],), float("nan"))
         with torch.no_grad(), self._rng():
             weighting = getattr(self._jd, "gramian_weighting", None)
             if weighting is not None:
-                gramian = G @ G.T
+                gramian = G @ G.T  # non-finite whenever G is (its diagonal holds the squared norms)
                 if not bool(torch.isfinite(gramian).all()):
-                    return no_result
+                    return G.new_full((G.shape[1],), float("nan")), no_weights
                 w = weighting(gramian)
                 return w @ G, w
-            return self._jd(G), no_result[1]
+            if not bool(torch.isfinite(G).all()):
+                return G.new_full((G.shape[1],), float("nan")), no_weights
+            return self._jd(G), no_weights
 
 
 class _SeededGlobalRNG(TorchJDAggregator):

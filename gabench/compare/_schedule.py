@@ -205,16 +205,12 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
         ran = 0
         start = last_rebuild = time.monotonic()
         deadline = None if timeout is None else _now() + timeout
-
-        def expired() -> bool:
-            return deadline is not None and _now() >= deadline
-
         try:
             replace = {r.run_id for r in todo if (study_dir / r.run_id).exists()}
             outcomes = (_execute_on_dask(todo, study.name, study_dir, scheduler, callbacks_for, replace, log)
                         if scheduler else
                         _execute(todo, study.name, study_dir, workers, callbacks_for, replace, threads,
-                                 expired if deadline is not None else None))
+                                 deadline))
             for outcome in outcomes:
                 ran += 1
                 done += outcome["ok"]
@@ -280,10 +276,12 @@ def prepare_study_dir(study_dir: Path) -> None:
 
 def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
              callbacks_for: CallbacksFor, replace: set[str], threads: int | None,
-             expired: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
+             deadline: float | None = None) -> Iterator[dict[str, Any]]:
     """Run ``todo`` (in this process or a pool of ``workers``), yielding each run's outcome as it
-    finishes; no run is started once ``expired()`` is true (those started finish)."""
-    expired = expired or _never
+    finishes; no run is started once :data:`_now` reaches ``deadline`` (those started finish)."""
+
+    def expired() -> bool:
+        return deadline is not None and _now() >= deadline
     if workers == 1 or len(todo) <= 1:
         for run in todo:
             if expired():
@@ -302,7 +300,7 @@ def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
     # Submitted lazily, so that Ctrl-C cancels little. A pool hands a worker the next submitted
     # run as soon as it is free, so a submitted run counts as started: without a time limit a
     # few are kept in hand to keep the workers busy, with one only as many as there are workers.
-    in_hand = 2 * workers if expired is _never else workers
+    in_hand = 2 * workers if deadline is None else workers
 
     def submit_more() -> None:
         while queue and len(pending) < in_hand and not expired():
@@ -326,10 +324,6 @@ def _execute(todo: list[PlannedRun], study: str, study_dir: Path, workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-
-
-def _never() -> bool:
-    return False
 
 
 def _execute_on_dask(todo: list[PlannedRun], study: str, study_dir: Path, scheduler: str,

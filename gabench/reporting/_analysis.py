@@ -8,6 +8,7 @@ these in ``_render.py`` and ``_plots.py``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 from gabench.reporting._data import HIST_EDGES, LOWER_IS_BETTER, ReportData
 from gabench.reporting._stats import (
     ALPHA,
+    Interval,
     aggregate_scores,
     holm,
     mean_interval,
@@ -74,19 +76,23 @@ def run_metric(data: ReportData, metric: str) -> pd.DataFrame:
     return t.merge(data.runs[cols], on="run")[["family_label", "setting", "method", "seed", "value"]]
 
 
-def cell_intervals(values: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def cell_intervals(values: pd.DataFrame, seed: int = 0,
+                   interval: Callable[[np.ndarray], Interval] | None = None) -> pd.DataFrame:
     """Mean over seeds with its interval per (cell, method).
 
     Args:
         values: Columns family_label, setting, method, seed, value (from :func:`seed_values`).
         seed: Seed of the bootstrap (used only with >= 20 seeds).
+        interval: The statistic and its interval of one cell's values (default
+            :func:`~gabench.reporting._stats.mean_interval` with ``seed``).
 
     Returns:
         Columns family_label, setting, method, n_seeds, mean, low, high, interval (``t``/``bca``).
     """
     rows = []
     for (f, s, m), g in values.groupby(["family_label", "setting", "method"], sort=False):
-        iv = mean_interval(g["value"].to_numpy(), rng=seed)
+        v = g["value"].to_numpy()
+        iv = interval(v) if interval is not None else mean_interval(v, rng=seed)
         rows.append((f, s, m, iv.n, iv.mean, iv.low, iv.high, iv.method))
     return pd.DataFrame(rows, columns=["family_label", "setting", "method", "n_seeds", "mean", "low", "high",
                                        "interval"])
@@ -495,12 +501,7 @@ def run_metric_medians(data: ReportData, metric: str) -> pd.DataFrame:
     """Per (cell, method): the median of a per-run statistic over seeds with its distribution-free
     interval (:func:`~gabench.reporting._stats.median_interval`), in the columns of
     :func:`cell_intervals` (``mean`` holds the median, ``interval`` is ``order`` or empty)."""
-    rows = []
-    for (f, s, m), g in run_metric(data, metric).groupby(["family_label", "setting", "method"], sort=False):
-        iv = median_interval(g["value"].to_numpy())
-        rows.append((f, s, m, iv.n, iv.mean, iv.low, iv.high, iv.method))
-    return pd.DataFrame(rows, columns=["family_label", "setting", "method", "n_seeds", "mean", "low", "high",
-                                       "interval"])
+    return cell_intervals(run_metric(data, metric), interval=median_interval)
 
 
 def time_ratios(data: ReportData) -> pd.DataFrame:

@@ -109,6 +109,7 @@ class _Sections:
         self.cells, self.methods, self.pairs = d.cells, d.methods, d.pairs
         self.info = d.method_info
         self.fails = an.failed_counts(d)
+        self._cells_of: dict[str, list[tuple[str, str]]] = {}
         self.styles = plots.method_styles(self.info)
         self.primary = an.primary_select(d)
         self.selects = d.selections
@@ -270,11 +271,14 @@ class _Sections:
         return text
 
     def _metric_cells(self, metric: str) -> list[tuple[str, str]]:
-        """The cells in which some run has ``metric`` (a family without accuracy has no acc_*)."""
-        runs = self.d.test.loc[self.d.test["metric"] == metric, "run"]
-        where = self.d.runs.loc[self.d.runs["run"].isin(runs), ["family_label", "setting"]]
-        has = set(zip(where["family_label"], where["setting"], strict=True))
-        return [c for c in self.cells if c in has]
+        """The cells in which some run has ``metric`` (a family without accuracy has no acc_*);
+        computed once per metric (every findings line of the metric asks)."""
+        if metric not in self._cells_of:
+            runs = self.d.test.loc[self.d.test["metric"] == metric, "run"]
+            where = self.d.runs.loc[self.d.runs["run"].isin(runs), ["family_label", "setting"]]
+            has = set(zip(where["family_label"], where["setting"], strict=True))
+            self._cells_of[metric] = [c for c in self.cells if c in has]
+        return self._cells_of[metric]
 
     def seed_warning(self) -> str:
         r = self.req
