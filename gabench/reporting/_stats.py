@@ -13,14 +13,20 @@ Choices (the report's methods note states them):
 - Holm's step-down adjustment (``statsmodels.stats.multitest.multipletests``) over a family of
   comparisons.
 - Aggregates across families in the style of rliable: mean and interquartile mean (IQM) of
-  normalised scores and the (paired) probability of improvement, each with a stratified bootstrap
-  CI (seeds resampled within each family: ``scipy.stats.bootstrap`` with one sample per family).
+  normalised scores and the (paired) probability of improvement, each with a stratified percentile
+  bootstrap CI (seeds resampled within each family: ``scipy.stats.bootstrap`` with one sample per
+  family). Each family of ``n`` seeds contributes ``n - 1`` draws to a resample (Rao and Wu's
+  rescaling bootstrap with ``m = n - 1``): ``n`` draws give a mean the bootstrap variance
+  ``(n - 1) / n`` of the unbiased one (half at 2 seeds per family; a 95% interval covered 79% at
+  2 seeds, 88% at 3 and 90% at 5 in a simulation), ``n - 1`` draws give it exactly.
 
 References:
     W. S. Gosset ("Student"), "The probable error of a mean", Biometrika 1908.
     F. Wilcoxon, "Individual comparisons by ranking methods", Biometrics Bulletin 1945.
     S. Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Statist. 1979.
     B. Efron, "Better bootstrap confidence intervals", JASA 1987 (BCa).
+    J. N. K. Rao and C. F. J. Wu, "Resampling inference with complex survey data", JASA 1988
+    (bootstrap within strata of few units: ``n - 1`` draws per stratum).
     R. Agarwal et al., "Deep Reinforcement Learning at the Edge of the Statistical Precipice",
     NeurIPS 2021 (IQM, stratified bootstrap, probability of improvement, performance profiles).
 """
@@ -254,28 +260,32 @@ def min_seeds_for_call(m: int, alpha: float = ALPHA) -> int:
 
 def _resampled(samples: list[np.ndarray], statistic: Callable[..., np.ndarray],
                ) -> tuple[list[np.ndarray], Callable[..., np.ndarray]] | None:
-    """The samples a stratified bootstrap resamples, and ``statistic`` over them: a sample of one
-    value resamples to itself (and ``scipy.stats.bootstrap`` takes none), so it enters every
-    resample as it is. None when no sample has two values: one seed per cell tells nothing of the
-    seed-to-seed variation, so there is no interval."""
+    """The samples a stratified bootstrap resamples, and ``statistic`` over a resample of them.
+
+    A sample of ``n >= 2`` values contributes the first ``n - 1`` of its ``n`` draws with
+    replacement, which are themselves ``n - 1`` independent draws (Rao and Wu 1988, ``m = n - 1``):
+    the bootstrap variance of its mean is then ``s^2 / n``, the unbiased one, where ``n`` draws give
+    ``(n - 1) / n`` of it. A sample of one value has nothing to resample (and
+    ``scipy.stats.bootstrap`` takes none), so it enters every resample as it is. None when no
+    sample has two values: one seed per cell tells nothing of the seed-to-seed variation, so there
+    is no interval."""
     multi = [s for s in samples if s.size >= 2]
     single = [s for s in samples if s.size < 2]
     if not multi:
         return None
-    if not single:
-        return multi, statistic
 
-    def with_single(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
+    def drawn(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
         lead = xs[0].shape[:-1]
-        return statistic(*xs, *(np.broadcast_to(s, (*lead, s.size)) for s in single), axis=axis)
+        return statistic(*(x[..., :-1] for x in xs), *(np.broadcast_to(s, (*lead, s.size)) for s in single),
+                         axis=axis)
 
-    return multi, with_single
+    return multi, drawn
 
 
 def _stratified_ci(samples: list[np.ndarray], statistic: Callable[..., np.ndarray], level: float,
                    rng: np.random.Generator | int | None) -> tuple[float, float, float]:
-    """Point estimate and stratified-bootstrap interval (each sample resampled on its own); NaN
-    bounds when no sample has two values (:func:`_resampled`)."""
+    """Point estimate (from all the values) and stratified percentile-bootstrap interval
+    (:func:`_resampled`); NaN bounds when no sample has two values."""
     point = float(statistic(*samples, axis=-1))
     resampled = _resampled(samples, statistic)
     if resampled is None:
@@ -283,17 +293,10 @@ def _stratified_ci(samples: list[np.ndarray], statistic: Callable[..., np.ndarra
     multi, fn = resampled
     if all(np.ptp(s) == 0 for s in multi):  # every resample is the data itself
         return point, point, point
-    method = "BCa" if sum(s.size for s in samples) >= BOOTSTRAP_MIN_N else "percentile"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # degenerate resamples in BCa's jackknife
-        res = stats.bootstrap(tuple(multi), fn, confidence_level=level, n_resamples=N_RESAMPLES,
-                              method=method, vectorized=True, random_state=np.random.default_rng(rng))
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined: fall back to percentile
-        res = stats.bootstrap(tuple(multi), fn, confidence_level=level, n_resamples=N_RESAMPLES,
-                              method="percentile", vectorized=True, random_state=np.random.default_rng(rng))
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return point, low, high
+    # percentile: BCa's jackknife would evaluate the n - 1 draw statistic on n - 1 values
+    res = stats.bootstrap(tuple(multi), fn, confidence_level=level, n_resamples=N_RESAMPLES,
+                          method="percentile", vectorized=True, random_state=np.random.default_rng(rng))
+    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def _pooled_mean(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -314,18 +317,17 @@ def aggregate_scores(scores: Sequence[np.ndarray], level: float = LEVEL,
         rng: Seed of the bootstrap.
 
     Returns:
-        ``{"mean": Interval, "iqm": Interval}`` (method ``"bca"`` or ``"percentile"``).
+        ``{"mean": Interval, "iqm": Interval}`` (method ``"percentile"``, or ``""`` without an interval).
     """
     samples = [_clean(s) for s in scores if _clean(s).size]
     n = sum(s.size for s in samples)
     if n == 0:
         nan = Interval(math.nan, math.nan, math.nan, 0, "")
         return {"mean": nan, "iqm": nan}
-    how = "bca" if n >= BOOTSTRAP_MIN_N else "percentile"
     out = {}
     for name, fn in (("mean", _pooled_mean), ("iqm", _pooled_iqm)):
         point, low, high = _stratified_ci(samples, fn, level, rng)
-        out[name] = Interval(point, low, high, n, how)
+        out[name] = Interval(point, low, high, n, "percentile" if math.isfinite(low) else "")
     return out
 
 
@@ -387,7 +389,7 @@ def probability_of_improvement(differences: Sequence[np.ndarray], lower_is_bette
 
     n = sum(s.size for s in samples)
     point, low, high = _stratified_ci(samples, statistic, level, rng)
-    return Interval(point, low, high, n, "bca" if n >= BOOTSTRAP_MIN_N else "percentile")
+    return Interval(point, low, high, n, "percentile" if math.isfinite(low) else "")
 
 
 def roc_auc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
