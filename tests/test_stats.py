@@ -201,8 +201,8 @@ def test_aggregates_match_pooled_mean_and_scipy_trim_mean():
 
 def test_aggregate_interval_has_the_unbiased_width_at_few_seeds_per_cell():
     # 10 cells of 4 seeds: the standard error of the pooled mean is sqrt(sum s_c^2 / n_c) / C. A
-    # bootstrap drawing n values per cell shrinks it by sqrt((n - 1) / n) (0.87 here); n - 1 draws
-    # per cell (Rao and Wu) give it whole, so the 95% interval is about 2 x 1.96 of it wide
+    # plain bootstrap within cells shrinks it by sqrt((n - 1) / n) (0.87 here); Rao and Wu's
+    # rescaling gives it whole, so the 95% interval is about 2 x 1.96 of it wide
     g = np.random.default_rng(4)
     cells = [g.normal(0, s, 4) for s in np.linspace(0.5, 2, 10)]
     se = np.sqrt(sum(c.var(ddof=1) / c.size for c in cells)) / len(cells)
@@ -242,9 +242,11 @@ def test_a_cell_of_one_seed_enters_every_resample_unchanged():
     # stratified bootstrap, so the interval is scipy's bootstrap of the 5 with that constant added
     a, b = np.array([0.1, 0.4, -0.2, 0.3, 0.0]), np.array([0.25])
     agg = aggregate_scores([a, b], rng=5)
-    # (of which the first 4 of each resample's 5 draws count: n - 1 draws per cell)
-    ref = stats.bootstrap((a,), lambda x, axis=-1: (x[..., :-1].sum(axis=axis) + b[0]) / 5, n_resamples=4000,
-                          method="percentile", vectorized=True, random_state=np.random.default_rng(5))
+    # (the 5 draws spread about their cell's mean by sqrt(5 / 4): Rao and Wu's rescaling bootstrap)
+    mu, k = a.mean(), np.sqrt(5 / 4)
+    ref = stats.bootstrap((a,), lambda x, axis=-1: ((mu + k * (x - mu)).sum(axis=axis) + b[0]) / 6,
+                          n_resamples=4000, method="percentile", vectorized=True,
+                          random_state=np.random.default_rng(5))
     assert agg["mean"].mean == pytest.approx((a.sum() + b[0]) / 6)
     assert (agg["mean"].low, agg["mean"].high) == pytest.approx(
         (ref.confidence_interval.low, ref.confidence_interval.high))

@@ -369,8 +369,8 @@ class _Sections:
                  f"the mean of the middle 50% of runs) pool all cells and seeds; P(improve) = the share of "
                  f"seeds on which the method beats its baseline on the same seed (ties one half), averaged "
                  f"over cells (the paired form of rliable's probability of improvement). Intervals: "
-                 f"{LEVEL:.0%} stratified percentile bootstrap (seeds resampled within each cell, n - 1 "
-                 f"draws from a cell of n seeds).", ""]
+                 f"{LEVEL:.0%} stratified percentile bootstrap (seeds resampled within each cell, rescaled "
+                 f"as Rao and Wu's bootstrap for small cells: see the methods).", ""]
         for select in self.selects:
             a = self.agg[self.agg["select"] == select]
             rows = []
@@ -692,11 +692,12 @@ class _Sections:
             "normalised scores and the probability of improvement (paired: each seed against its own "
             "baseline run, since the design pairs seeds) with stratified percentile-bootstrap intervals, "
             "computed with scipy (`scipy.stats.bootstrap` with one sample per cell, "
-            "`scipy.stats.trim_mean`). A cell of n seeds contributes n - 1 draws to each resample (Rao and "
-            "Wu, JASA 1988): n draws shrink the bootstrap variance of its mean by (n - 1) / n, and the "
-            "intervals then covered 79% at 2 seeds per cell, 88% at 3 (tested in `tests/test_stats.py`). "
-            "A cell of one seed enters every resample as it is; with no cell of two, there is no interval. "
-            "The "
+            "`scipy.stats.trim_mean`). A plain bootstrap within a cell of n seeds shrinks the variance "
+            "of its mean by (n - 1) / n, and its intervals covered 79% at 2 seeds per cell, 88% at 3, so "
+            "the resamples follow Rao and Wu's rescaling bootstrap (JASA 1988), which keeps it whole: for "
+            "the mean and IQM, a cell's resampled seeds are spread about its mean by sqrt(n / (n - 1)); for "
+            "P(improve), a cell contributes n - 1 draws (coverage tested in `tests/test_stats.py`). A cell "
+            "of one seed enters every resample as it is; with no cell of two, there is no interval. The "
             "`rliable` package itself (1.2.0) was not used: it imports `arch`, whose release fails to import "
             "under pandas 3.",
             "- Model selection: " + "; ".join(f"`{s}` = {_SELECT_TEXT.get(s, s)}" for s in self.selects)

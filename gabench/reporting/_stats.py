@@ -15,10 +15,13 @@ Choices (the report's methods note states them):
 - Aggregates across families in the style of rliable: mean and interquartile mean (IQM) of
   normalised scores and the (paired) probability of improvement, each with a stratified percentile
   bootstrap CI (seeds resampled within each family: ``scipy.stats.bootstrap`` with one sample per
-  family). Each family of ``n`` seeds contributes ``n - 1`` draws to a resample (Rao and Wu's
-  rescaling bootstrap with ``m = n - 1``): ``n`` draws give a mean the bootstrap variance
-  ``(n - 1) / n`` of the unbiased one (half at 2 seeds per family; a 95% interval covered 79% at
-  2 seeds, 88% at 3 and 90% at 5 in a simulation), ``n - 1`` draws give it exactly.
+  family). A plain bootstrap of a family of ``n`` seeds gives its mean ``(n - 1) / n`` of the
+  unbiased variance (half at 2 seeds; a 95% interval covered 79% at 2 seeds per family, 88% at 3
+  and 90% at 5 in a simulation), so the resamples follow Rao and Wu's rescaling bootstrap, which
+  gives it whole: ``m`` draws per family of ``n``, spread about the family's mean by
+  ``sqrt(m / (n - 1))``. Mean and IQM take ``m = n`` (spread ``sqrt(n / (n - 1))``; the IQM then
+  trims as many values as its estimate does), shares of seeds (P(improve), profiles) ``m = n - 1``
+  (no spread, which would move values across 0).
 
 References:
     W. S. Gosset ("Student"), "The probable error of a mean", Biometrika 1908.
@@ -26,7 +29,7 @@ References:
     S. Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Statist. 1979.
     B. Efron, "Better bootstrap confidence intervals", JASA 1987 (BCa).
     J. N. K. Rao and C. F. J. Wu, "Resampling inference with complex survey data", JASA 1988
-    (bootstrap within strata of few units: ``n - 1`` draws per stratum).
+    (the rescaling bootstrap within strata of few units).
     R. Agarwal et al., "Deep Reinforcement Learning at the Edge of the Statistical Precipice",
     NeurIPS 2021 (IQM, stratified bootstrap, probability of improvement, performance profiles).
 """
@@ -258,42 +261,52 @@ def min_seeds_for_call(m: int, alpha: float = ALPHA) -> int:
     return n
 
 
-def _resampled(samples: list[np.ndarray], statistic: Callable[..., np.ndarray],
+def _resampled(samples: list[np.ndarray], statistic: Callable[..., np.ndarray], draws: str,
                ) -> tuple[list[np.ndarray], Callable[..., np.ndarray]] | None:
     """The samples a stratified bootstrap resamples, and ``statistic`` over a resample of them.
 
-    A sample of ``n >= 2`` values contributes the first ``n - 1`` of its ``n`` draws with
-    replacement, which are themselves ``n - 1`` independent draws (Rao and Wu 1988, ``m = n - 1``):
-    the bootstrap variance of its mean is then ``s^2 / n``, the unbiased one, where ``n`` draws give
-    ``(n - 1) / n`` of it. A sample of one value has nothing to resample (and
-    ``scipy.stats.bootstrap`` takes none), so it enters every resample as it is. None when no
-    sample has two values: one seed per cell tells nothing of the seed-to-seed variation, so there
-    is no interval."""
+    Rao and Wu's rescaling bootstrap: a sample of ``n >= 2`` values with mean ``mu`` contributes
+    ``m`` draws ``x`` with replacement as ``mu + sqrt(m / (n - 1)) (x - mu)``, which gives its mean
+    the unbiased variance ``s^2 / n`` (``n`` plain draws give ``(n - 1) / n`` of it). ``draws``:
+    ``"n"`` (``m = n``, spread by ``sqrt(n / (n - 1))``) or ``"n-1"`` (the first ``n - 1`` of the
+    ``n`` draws, themselves ``n - 1`` independent draws, unspread). A sample of one value has
+    nothing to resample (and ``scipy.stats.bootstrap`` takes none), so it enters every resample as
+    it is. None when no sample has two values: one seed per cell tells nothing of the seed-to-seed
+    variation, so there is no interval."""
     multi = [s for s in samples if s.size >= 2]
     single = [s for s in samples if s.size < 2]
     if not multi:
         return None
+    if draws == "n":
+        spread = [(float(s.mean()), math.sqrt(s.size / (s.size - 1))) for s in multi]
+
+        def rescaled(xs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+            return [mu + k * (x - mu) for x, (mu, k) in zip(xs, spread, strict=True)]
+    elif draws == "n-1":
+        def rescaled(xs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+            return [x[..., :-1] for x in xs]
+    else:
+        raise ValueError(f"draws must be 'n' or 'n-1', not {draws!r}")
 
     def drawn(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
         lead = xs[0].shape[:-1]
-        return statistic(*(x[..., :-1] for x in xs), *(np.broadcast_to(s, (*lead, s.size)) for s in single),
-                         axis=axis)
+        return statistic(*rescaled(xs), *(np.broadcast_to(s, (*lead, s.size)) for s in single), axis=axis)
 
     return multi, drawn
 
 
 def _stratified_ci(samples: list[np.ndarray], statistic: Callable[..., np.ndarray], level: float,
-                   rng: np.random.Generator | int | None) -> tuple[float, float, float]:
+                   rng: np.random.Generator | int | None, draws: str) -> tuple[float, float, float]:
     """Point estimate (from all the values) and stratified percentile-bootstrap interval
     (:func:`_resampled`); NaN bounds when no sample has two values."""
     point = float(statistic(*samples, axis=-1))
-    resampled = _resampled(samples, statistic)
+    resampled = _resampled(samples, statistic, draws)
     if resampled is None:
         return point, math.nan, math.nan
     multi, fn = resampled
     if all(np.ptp(s) == 0 for s in multi):  # every resample is the data itself
         return point, point, point
-    # percentile: BCa's jackknife would evaluate the n - 1 draw statistic on n - 1 values
+    # percentile: BCa's jackknife would evaluate the rescaled statistic on samples it does not rescale
     res = stats.bootstrap(tuple(multi), fn, confidence_level=level, n_resamples=N_RESAMPLES,
                           method="percentile", vectorized=True, random_state=np.random.default_rng(rng))
     return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -326,7 +339,7 @@ def aggregate_scores(scores: Sequence[np.ndarray], level: float = LEVEL,
         return {"mean": nan, "iqm": nan}
     out = {}
     for name, fn in (("mean", _pooled_mean), ("iqm", _pooled_iqm)):
-        point, low, high = _stratified_ci(samples, fn, level, rng)
+        point, low, high = _stratified_ci(samples, fn, level, rng, draws="n")
         out[name] = Interval(point, low, high, n, "percentile" if math.isfinite(low) else "")
     return out
 
@@ -352,7 +365,7 @@ def score_profile(scores: Sequence[np.ndarray], taus: np.ndarray, level: float =
         return np.moveaxis((x[..., None, :] > t[:, None]).mean(axis=-1), -1, 0)
 
     frac = statistic(*samples)
-    resampled = _resampled(samples, statistic)
+    resampled = _resampled(samples, statistic, "n-1")
     if resampled is None:
         return frac, np.full_like(frac, np.nan), np.full_like(frac, np.nan)
     multi, fn = resampled
@@ -388,7 +401,7 @@ def probability_of_improvement(differences: Sequence[np.ndarray], lower_is_bette
         return np.mean([np.mean((x > 0) + 0.5 * (x == 0), axis=axis) for x in xs], axis=0)
 
     n = sum(s.size for s in samples)
-    point, low, high = _stratified_ci(samples, statistic, level, rng)
+    point, low, high = _stratified_ci(samples, statistic, level, rng, draws="n-1")
     return Interval(point, low, high, n, "percentile" if math.isfinite(low) else "")
 
 
