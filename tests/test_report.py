@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from gabench.reporting import (
     primary_select,
 )
 from gabench.reporting._analysis import curve_frames
+from gabench.reporting._data import HIST_EDGES
 from gabench.results import RESULT_COLUMNS
 from gabench.study import load_study
 
@@ -38,12 +40,13 @@ def fake_study(root: Path, *, seeds: int = 4, families: tuple[str, ...] = ("line
                effect: float = 0.0, noise: float = 0.05, select: bool = True, methods: dict | None = None,
                steps: int = 40, eval_every: int = 5, T: int = 4, outlier: float = 0.25,
                seed_sets: dict[str, list[int]] | None = None, name: str = "fake",
-               effects: dict[str, float] | None = None) -> Path:
+               effects: dict[str, float] | None = None, no_weights: tuple[str, ...] = ()) -> Path:
     """Write ``results.parquet``, ``weights.parquet`` and ``study.json`` of a fake study to ``root``.
 
     The methods' meta-test loss_post is ``1 + seed effect + noise`` for the baseline and the same
     minus ``effect`` for the GA method (so ``effect > 0`` = GA better; ``effects`` sets it per
-    method label); ``sine`` has no accuracy.
+    method label); ``sine`` has no accuracy. The labels in ``no_weights`` record NaN weights, as
+    a direction-only aggregator (ConFIG) does.
     """
     methods = METHODS if methods is None else methods
     g = np.random.default_rng(0)
@@ -74,13 +77,16 @@ def fake_study(root: Path, *, seeds: int = 4, families: tuple[str, ...] = ("line
                     rows.append({**info, "step": step, "split": "train", "metric": "query_loss",
                                  "value": level + 2 * np.exp(-step / 8), "n": T})
                     rows.append({**info, "step": step, "split": "train", "metric": "w_frac_negative",
-                                 "value": 0.25 if agg != "mean" else 0.0, "n": T})
+                                 "value": np.nan if label in no_weights else 0.25 if agg != "mean" else 0.0,
+                                 "n": T})
                     rows.append({**info, "step": step, "split": "train", "metric": "w_eff_n",
                                  "value": 3.0 if agg != "mean" else float(T), "n": T})
                 rows.append({**info, "step": steps, "split": "train", "metric": "wall_seconds",
                              "value": 10.0 + (2.0 if agg != "mean" else 0.0) + g.normal(0, 0.1), "n": 1})
                 w = g.normal(1.0, 1.5, (steps, T)) / T if agg != "mean" else np.full((steps, T), 1 / T)
                 w[0, 0] = 10.0  # one weight far outside the histogram's range
+                if label in no_weights:
+                    w[:] = np.nan
                 corrupted = np.zeros((steps, T), dtype=bool)
                 corrupted[:, 0] = outlier > 0
                 weights.append(pd.DataFrame({"run": run, "step": np.repeat(np.arange(1, steps + 1), T),
@@ -269,6 +275,31 @@ def test_an_aggregator_zoo_is_ranked_per_baseline_and_pooled_over_baselines(tmp_
     assert "each weighting over every baseline" in section and "Bonferroni over the 3 rows" in section
 
 
+def test_a_method_that_records_no_weights_has_no_histogram(tmp_path):
+    # maml+config records NaN weights (a direction only): before, they sorted above the last
+    # edge and filled its panel's edge bin, and the share of weights outside the range counted them
+    methods = {**ZOO, "maml+config": ("maml", "config")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "Mean of empty slice" of its AUCs
+        src = fake_study(tmp_path / "runs", seeds=3, methods=methods, no_weights=("maml+config",))
+        data = load_tables(src)
+    configs = set(data.runs.loc[data.runs["method"] == "maml+config", "run"])
+    assert len(configs) == 6 and not configs & set(data.weight_hist["run"])
+    assert not configs & set(data.outlier_weights["run"])
+    auc = data.run_stats[data.run_stats["metric"].isin(["auc", "auc_late"])]
+    assert not configs & set(auc["run"])
+    from gabench.reporting._analysis import clipped_share, weight_histograms
+
+    hist = weight_histograms(data)
+    assert "maml+config" not in set(hist["method"])
+    share = clipped_share(hist)
+    # data summarised before the fix: the NaN weights counted in the last bin
+    stale = pd.DataFrame({"run": sorted(configs), "bin": len(HIST_EDGES), "count": 160})
+    data.weight_hist = pd.concat([data.weight_hist, stale], ignore_index=True)
+    assert "maml+config" not in set(weight_histograms(data)["method"])
+    assert clipped_share(weight_histograms(data)) == share
+
+
 def _record_failed(src: Path, failed: dict[str, str], runs: list[dict]) -> None:
     """Lists ``failed`` in ``failed.json`` and their plan entries (``runs``) in ``study.json``."""
     (src / "failed.json").write_text(json.dumps(failed))
@@ -398,6 +429,28 @@ def test_learning_curves_draw_no_empty_panel(monkeypatch, tmp_path):
                           tmp_path / "x.png")
     visible = [ax for ax in figs[0].axes if ax.get_visible() and ax.get_title()]
     assert [ax.get_title() for ax in visible] == ["linear-binary"]
+
+
+def test_weight_histogram_titles_name_the_method_with_the_most_weights_outside(monkeypatch, tmp_path):
+    from gabench.reporting import _plots as plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, legend=None: figs.append(fig))
+    nb = len(HIST_EDGES) + 1
+    ga, pcgrad, mean_like = np.zeros(nb), np.zeros(nb), np.zeros(nb)
+    ga[5], ga[-1] = 88, 12  # 12% above the range
+    pcgrad[-1] = 100  # all above (TorchJD's PCGrad sums the rows: relative weights about T)
+    mean_like[10] = 50
+    styles = plots.method_styles({"maml+ga": ("maml", "ga", False), "maml+pcgrad": ("maml", "pcgrad", False),
+                                  "maml+upgrad": ("maml", "upgrad", False)})
+    plots.weight_histograms({("sine", "a"): {"maml+ga": ga, "maml+pcgrad": pcgrad},
+                             ("sine", "b"): {"maml+ga": ga, "maml+upgrad": mean_like},
+                             ("sine", "c"): {"maml+upgrad": mean_like}},
+                            HIST_EDGES, styles, tmp_path / "h.png")
+    titles = [ax.get_title() for ax in figs[0].axes if ax.get_visible() and ax.get_title()]
+    assert "100% of maml+pcgrad's weights outside [-2, 4]" in titles[0]
+    assert "12% of maml+ga's weights outside" in titles[1] and "outside" not in titles[2]
+    assert [plots._share_pct(x) for x in (0.0123, 0.1, 1.0, 0.00042)] == ["1.2%", "10%", "100%", "0.042%"]
 
 
 def test_curve_y_limits_keep_the_first_evaluation():

@@ -522,9 +522,14 @@ def weight_histograms(data: ReportData) -> pd.DataFrame:
     Returns:
         Columns family_label, setting, method, bin, count; ``bin`` indexes the intervals of
         :data:`~gabench.reporting._data.HIST_EDGES` shifted by one (0 = below the first edge,
-        ``len(HIST_EDGES)`` = above the last).
+        ``len(HIST_EDGES)`` = above the last). A run that recorded no weights (its
+        ``w_frac_negative`` is NaN) has none, also in data summarised before such runs were left
+        out of ``weight_hist``, where their NaN weights counted in the last bin.
     """
-    h = data.weight_hist.merge(data.runs[["run", "family_label", "setting", "method"]], on="run")
+    st = data.run_stats[data.run_stats["metric"] == "w_frac_negative"]
+    unweighted = set(st.loc[st["value"].isna(), "run"])
+    h = data.weight_hist[~data.weight_hist["run"].isin(unweighted)]
+    h = h.merge(data.runs[["run", "family_label", "setting", "method"]], on="run")
     return h.groupby(["family_label", "setting", "method", "bin"], sort=False)["count"].sum().reset_index()
 
 

@@ -21,7 +21,9 @@ The summaries (a few MB for a whole study) are tidy tables, one row per observat
 ``run_stats``       run, metric, value: wall_seconds, w_frac_negative and w_eff_frac (means over
                     meta-training steps), auc and auc_late (outlier runs)
 ``weight_hist``     run, bin, count: histogram of relative weights ``T w_i`` on
-                    :data:`HIST_EDGES` (bin 0 = below the first edge, last bin = above the last)
+                    :data:`HIST_EDGES` (bin 0 = below the first edge, last bin = above the last);
+                    none for a run that recorded no weights (all NaN: ConFIG gives a direction
+                    only)
 ``outlier_weights`` run, step, corrupted, rel: mean relative weight of corrupted and clean tasks
                     over bins of meta-training steps
 ==================  ===========================================================================
@@ -561,6 +563,9 @@ def _weight_summaries(w: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list
     hist_cols = {"run": pd.Series(dtype=str), "bin": pd.Series(dtype=int), "count": pd.Series(dtype=int)}
     ow_cols = {"run": pd.Series(dtype=str), "step": pd.Series(dtype=float),
                "corrupted": pd.Series(dtype=bool), "rel": pd.Series(dtype=float)}
+    # a run whose weights are all NaN recorded none (a direction-only aggregator): it has no
+    # histogram (NaN would sort above the last edge) and no outlier traces or AUCs
+    w = w[w["weight"].notna().groupby(w["run"]).transform("any")]
     if w.empty:
         return pd.DataFrame(hist_cols), pd.DataFrame(ow_cols), [], {}
     w = w.sort_values(["run", "step", "task"], kind="stable")

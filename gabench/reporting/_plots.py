@@ -162,6 +162,12 @@ def forest(rows: list[tuple[str, str, float, float, float]], styles: dict[str, d
     return _save(fig, path, _legend_from([ax]))
 
 
+def _share_pct(share: float) -> str:
+    """A share as a percentage with two significant digits: ``0.0123`` -> ``1.2%``, ``1.0`` -> ``100%``."""
+    pct = 100 * share
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.2g}%"
+
+
 def weight_histograms(data: dict[tuple[str, str], dict[str, np.ndarray]], edges: np.ndarray,
                       styles: dict[str, dict[str, object]], path: Path) -> Path:
     """Distribution of relative weights ``T * w_i`` (1 = uniform) per cell and method.
@@ -174,7 +180,8 @@ def weight_histograms(data: dict[tuple[str, str], dict[str, np.ndarray]], edges:
         path: Output PNG.
 
     Weights outside the range are drawn in the edge bins, and each panel whose weights were
-    clipped says which share.
+    clipped says the largest share of any method, and which (PCGrad's relative weights are about
+    ``T``: TorchJD's PCGrad sums the projected rows).
     """
     fig, axes = _grid(max(len(data), 1))
     width = float(edges[1] - edges[0])
@@ -188,15 +195,17 @@ def weight_histograms(data: dict[tuple[str, str], dict[str, np.ndarray]], edges:
             inner = c[1:-1].copy()
             inner[0] += c[0]
             inner[-1] += c[-1]
-            clipped.append((c[0] + c[-1]) / total)
+            clipped.append(((c[0] + c[-1]) / total, method))
             st = styles[method]
             ax.stairs(inner / (total * width), edges, color=st["color"], linestyle=st["linestyle"], lw=1.5,
                       label=method)
         ax.axvline(1.0, color="gray", lw=0.8, ls=":")
         ax.axvline(0.0, color="black", lw=0.8)
         title = cell_title(cell)
-        if clipped and max(clipped) > 0:
-            title += f"\n{100 * max(clipped):.2g}% outside [{edges[0]:g}, {edges[-1]:g}], in the edge bins"
+        share, worst = max(clipped, default=(0.0, ""))
+        if share > 0:
+            title += (f"\n{_share_pct(share)} of {worst}'s weights outside [{edges[0]:g}, {edges[-1]:g}] "
+                      f"(in the edge bins)")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("relative weight T * w_i (1 = uniform)")
         ax.set_ylabel("density")
