@@ -576,8 +576,8 @@ class _Sections:
             share = an.clipped_share(hist)
             lines += ["Distribution of relative weights over all steps, tasks and seeds"
                       + (f" ({100 * share:.2g}% of all weights lie outside [{HIST_EDGES[0]:g}, "
-                         f"{HIST_EDGES[-1]:g}] and are drawn in the edge bins; each affected panel says how "
-                         f"many)" if share else "")
+                         f"{HIST_EDGES[-1]:g}] and are drawn in the edge bins; each affected panel names the "
+                         f"method with the largest share outside, and that share)" if share else "")
                       + ":", "", "![weight distributions](weights_hist.png)", ""]
         return "\n".join(lines)
 
