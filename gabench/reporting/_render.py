@@ -698,8 +698,9 @@ class _Sections:
             "the mean and IQM, a cell's resampled seeds are spread about its mean by sqrt(n / (n - 1)); for "
             "P(improve), a cell contributes n - 1 draws (coverage tested in `tests/test_stats.py`). A cell "
             "of one seed enters every resample as it is; with no cell of two, there is no interval. The "
-            "`rliable` package itself (1.2.0) was not used: it imports `arch`, whose release fails to import "
-            "under pandas 3.",
+            "`rliable` package itself (1.2.0) was not used: it requires `arch` < 8, and arch 7.2 fails to "
+            "import under pandas 3 (arch 8.0 imports; rliable does not allow it). Its stratified bootstrap "
+            "is the plain one, without the rescaling above.",
             "- Model selection: " + "; ".join(f"`{s}` = {_SELECT_TEXT.get(s, s)}" for s in self.selects)
             + f". Primary: `{self.primary}`.",
             "- Machine-readable: `comparisons.csv` (one row per metric x cell x pair x selection: means, "
