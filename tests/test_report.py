@@ -358,6 +358,38 @@ def test_no_call_favours_a_method_on_the_seeds_it_survived(tmp_path):
     assert rk.loc[("all baselines", "upgrad"), "failed"] == 3
 
 
+def test_failures_of_an_earlier_plan_are_counted_in_their_cells(tmp_path):
+    # the failures of seed 11 were recorded under a plan with 12 seeds; the plan now lists none
+    # of them (e.g. seeds = 11), but the archive keeps what that plan finished and failed
+    src = _zoo_with_seed_11_failed(tmp_path / "runs", "maml+upgrad")
+    _record_failed(src, json.loads((src / "failed.json").read_text()), [])
+    data = load_tables(src)
+    from gabench.reporting._analysis import comparisons, failed_counts
+
+    assert failed_counts(data) == {(f, "", "maml+upgrad"): 1 for f in ZOO_FAMILIES}
+    comp = comparisons(data)
+    upgrad = comp[(comp.method == "maml+upgrad") & (comp.metric == "loss_post")
+                  & (comp["select"] == "best_val")]
+    assert (upgrad.method_failed == 1).all() and (upgrad.verdict == "unresolved").all()
+    # with outlier settings the run id carries the setting: located through the runs that finished
+    src2 = fake_study(tmp_path / "runs2", seeds=3, methods=ZOO, seed_sets={"maml+ga": [0, 1]})
+    runs = pd.read_parquet(src2 / "results.parquet")
+    runs["run"] = runs["run"] + "__outlier_fraction-0.25"
+    runs.to_parquet(src2 / "results.parquet", index=False)
+    w = pd.read_parquet(src2 / "weights.parquet")
+    w["run"] = w["run"] + "__outlier_fraction-0.25"
+    w.to_parquet(src2 / "weights.parquet", index=False)
+    failed = {f"{f}__maml+ga__s2__outlier_fraction-0.25": "training diverged"
+              for f in ("linear-binary", "sine")}
+    failed["sine__maml+ga__s2__outlier_fraction-0.5"] = "training diverged"
+    _record_failed(src2, failed, [])
+    data2 = load_tables(src2)
+    setting = data2.runs["setting"].iloc[0]
+    assert set(data2.runs["setting"]) == {setting}  # one outlier fraction: "" (no setting column)
+    # the third failure's setting has no run left anywhere: not located, not counted
+    assert failed_counts(data2) == {("linear-binary", setting, "maml+ga"): 1, ("sine", setting, "maml+ga"): 1}
+
+
 def test_a_baseline_that_failed_makes_no_method_worse_overall(tmp_path):
     src = _zoo_with_seed_11_failed(tmp_path / "runs", "maml")
     text, comp = _report(src, tmp_path / "rep")

@@ -8,6 +8,7 @@ these in ``_render.py`` and ``_plots.py``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -109,17 +110,38 @@ def _test_family(metric: str, select: str, primary: str) -> str:
     return f"pre-adaptation metrics, select = {select}"
 
 
+#: A study run id: ``<family_label>__<method_label>__s<seed>`` and one ``__<name>-<value>`` per
+#: setting (:func:`gabench.study.load_study`).
+_RUN_ID = re.compile(r"(?P<family>.+?)__(?P<method>.+?)__s(?P<seed>\d+)(?P<setting>(?:__.+)?)")
+
+
 def failed_counts(data: ReportData) -> dict[tuple[str, str, str], int]:
     """Failed runs (``failed.json``: diverged, or stopped by an error) per (family_label, setting,
-    method), located through the study's plan (``study.json``'s runs); runs the plan does not
-    list (plain run directories) are not counted."""
+    method).
+
+    A run is located through the study's plan (``study.json``'s runs). A failure the plan does not
+    list (recorded under an earlier, larger plan, whose finished runs the archive keeps) is located
+    through its run id: its family, method and the setting of any planned or finished run whose
+    id ends the same way. Failures that neither locates (plain run directories) are not counted.
+    """
     plan = {r.get("run_id"): r for r in data.meta.get("runs", []) if isinstance(r, dict)}
+    settings: dict[tuple[str, str], str] = {}  # (family, run-id setting suffix) -> setting label
+    known = [(str(k), str(r.get("setting") or "")) for k, r in plan.items()]
+    known += [(str(k), str(s or "")) for k, s in zip(data.runs["run"], data.runs["setting"], strict=True)]
+    for run_id, setting in known:
+        m = _RUN_ID.fullmatch(run_id)
+        if m is not None:
+            settings.setdefault((m["family"], m["setting"]), setting)
     counts: dict[tuple[str, str, str], int] = {}
     for run_id in data.failures:
         r = plan.get(run_id)
         if r is not None:
             key = (str(r.get("family_label")), str(r.get("setting") or ""), str(r.get("method_label")))
-            counts[key] = counts.get(key, 0) + 1
+        elif (m := _RUN_ID.fullmatch(run_id)) is not None and (m["family"], m["setting"]) in settings:
+            key = (m["family"], settings[(m["family"], m["setting"])], m["method"])
+        else:
+            continue
+        counts[key] = counts.get(key, 0) + 1
     return counts
 
 
