@@ -224,6 +224,23 @@ def test_torchjd_gramian_method_on_a_finite_j_whose_gramian_overflows_gives_nan(
     assert torch.isnan(d).all() and torch.isnan(w).all()
 
 
+@pytest.mark.parametrize("name", [n for n, (_, weighting, _) in DIRECT.items() if weighting is None])
+def test_torchjd_direction_method_on_a_finite_j_whose_row_norms_overflow_gives_nan(name, monkeypatch):
+    # ConFIG divides the rows by their norms: with float32 entries of 1e20 the norms are inf and
+    # TorchJD returns a zero direction, a finite step the trainer would take as a result
+    ours = AGGREGATORS[name]()
+    J = (hand_jacobian() * 1e20).float()
+    assert torch.isfinite(J).all() and not torch.isfinite((J * J).sum(dim=1)).all()
+    assert (DIRECT[name][0]()(J) == 0).all()  # what TorchJD itself gives
+
+    def fail(*args, **kwargs):
+        raise AssertionError("TorchJD called on rows whose norms overflow")
+
+    monkeypatch.setattr(ours, "_jd", fail)
+    d, w = ours.combine(J)
+    assert torch.isnan(d).all() and torch.isnan(w).all()
+
+
 def test_pcgrad_is_seeded_and_leaves_the_global_rng_alone(rng_guard):
     J = hand_jacobian()
     a, b, c = (AGGREGATORS["pcgrad"](seed=s) for s in (0, 0, 1))

@@ -68,11 +68,13 @@ class TorchJDAggregator(Aggregator):
         Returns:
             The direction, shape (n_params,), and the weights, shape (n_tasks,): those of the
             Gramian weighting (the direction is then ``w @ G``), or NaN where TorchJD's method has
-            none. A ``G`` with a non-finite entry, or (for the Gramian methods) whose Gramian
-            overflows, gives a NaN direction and NaN weights, as the mean would, without calling
-            TorchJD: several of its methods (CAGrad, IMTL-G, Aligned-MTL) end in a linear-algebra
-            error on such a matrix, where the trainer should see the non-finite numbers and report
-            a divergence. (The check costs one device synchronisation per call on a GPU.)
+            none. A ``G`` with a non-finite entry, or whose Gramian (for the direction-only
+            methods: the rows' squared norms, its diagonal) overflows, gives a NaN direction and
+            NaN weights, as the mean would, without calling TorchJD: several of its methods
+            (CAGrad, IMTL-G, Aligned-MTL) end in a linear-algebra error on such a matrix, and
+            ConFIG, which divides the rows by their norms, returns a zero direction, where the
+            trainer should see the non-finite numbers and report a divergence. (The check costs
+            one device synchronisation per call on a GPU.)
         """
         _check_matrix(G)
         no_weights = G.new_full((G.shape[0],), float("nan"))
@@ -84,7 +86,7 @@ class TorchJDAggregator(Aggregator):
                     return G.new_full((G.shape[1],), float("nan")), no_weights
                 w = weighting(gramian)
                 return w @ G, w
-            if not bool(torch.isfinite(G).all()):
+            if not bool(torch.isfinite((G * G).sum(dim=1)).all()):  # non-finite whenever G is
                 return G.new_full((G.shape[1],), float("nan")), no_weights
             return self._jd(G), no_weights
 
