@@ -341,6 +341,7 @@ def test_no_call_favours_a_method_on_the_seeds_it_survived(tmp_path):
     assert (worse.verdict == "worse").all()  # a failed method can still be called worse
     assert ("`maml+upgrad` failed on 3 run(s) in 3 cell(s) (linear-binary, sine, moons): the comparisons "
             "there use the seeds both finished, and none favours it (3 call(s) withheld).") in text
+    assert "this study has 12 (as few as 11 in some comparisons)." in text  # not "has 11"
     paired = text.split("## Paired differences")[1].split("\n## ")[0]
     # every paired table's maml+upgrad cell: loss 3 cells, accuracy 2 (sine has none); best_val
     # with both metrics pre and post adaptation, final with post only: 2 * 5 + 5

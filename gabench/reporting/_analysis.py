@@ -213,17 +213,27 @@ class SeedRequirement:
         rank_test_min: Fewest seeds at which a Wilcoxon (or sign) test could pass Holm's first
             step among ``n_tests``: ``n_tests * 2 / 2^n < 0.05``.
         t_test_min: Fewest seeds at which a paired t test gives a p-value at all (2).
+        n_seeds_max: Most paired seeds of any primary comparison (more than ``n_seeds`` where
+            runs failed, which leaves their seeds out of their comparisons).
     """
 
     n_tests: int
     n_seeds: int
     rank_test_min: int
     t_test_min: int = 2
+    n_seeds_max: int = 0
 
     @property
     def enough(self) -> bool:
         """The study has at least ``rank_test_min`` seeds in every primary comparison."""
         return self.n_seeds >= self.rank_test_min
+
+    @property
+    def seeds_text(self) -> str:
+        """``"10"``, or ``"10 (as few as 7 in some comparisons)"`` when they differ."""
+        if self.n_seeds_max > self.n_seeds:
+            return f"{self.n_seeds_max} (as few as {self.n_seeds} in some comparisons)"
+        return str(self.n_seeds)
 
 
 def seed_requirement(comp: pd.DataFrame) -> SeedRequirement:
@@ -231,7 +241,8 @@ def seed_requirement(comp: pd.DataFrame) -> SeedRequirement:
     prim = comp[comp["test_family"] == "primary"]
     m = int(prim["p_value"].notna().sum()) or len(prim) or 1
     n = int(prim["n_seeds"].min()) if len(prim) else 0
-    return SeedRequirement(m, n, min_seeds_for_call(m))
+    most = int(prim["n_seeds"].max()) if len(prim) else 0
+    return SeedRequirement(m, n, min_seeds_for_call(m), n_seeds_max=most)
 
 
 def normalised_scores(data: ReportData, metric: str, select: str) -> pd.DataFrame:

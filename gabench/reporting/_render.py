@@ -285,7 +285,7 @@ class _Sections:
         return (f"> **Too few seeds for a distribution-free call.** With {r.n_tests} Holm-corrected primary "
                 f"comparisons, a Wilcoxon signed-rank (or sign) test can pass only with at least "
                 f"{r.rank_test_min} paired seeds ({r.n_tests} x 2/2^n < {ALPHA:g}); this study has "
-                f"{r.n_seeds}. The paired t test can still make calls from {r.t_test_min} seeds, but they "
+                f"{r.seeds_text}. The paired t test can still make calls from {r.t_test_min} seeds, but they "
                 f"rest on its normality assumption, which so few seeds cannot check.")
 
     # ------------------------------------------------------------------ tables
@@ -687,7 +687,7 @@ class _Sections:
             f"- Seeds needed: the smallest two-sided Wilcoxon/sign-test p with n seeds is 2/2^n, and Holm "
             f"multiplies the smallest p by the number of tests, so a distribution-free call among "
             f"{self.req.n_tests} tests needs >= {self.req.rank_test_min} seeds; this study has "
-            f"{self.req.n_seeds}.",
+            f"{self.req.seeds_text}.",
             "- Aggregates across cells follow Agarwal et al. (NeurIPS 2021, rliable): mean and IQM of "
             "normalised scores and the probability of improvement (paired: each seed against its own "
             "baseline run, since the design pairs seeds) with stratified percentile-bootstrap intervals, "
