@@ -126,12 +126,13 @@ def failed_counts(data: ReportData) -> dict[tuple[str, str, str], int]:
     """
     plan = {r.get("run_id"): r for r in data.meta.get("runs", []) if isinstance(r, dict)}
     settings: dict[tuple[str, str], str] = {}  # (family, run-id setting suffix) -> setting label
-    known = [(str(k), str(r.get("setting") or "")) for k, r in plan.items()]
-    known += [(str(k), str(s or "")) for k, s in zip(data.runs["run"], data.runs["setting"], strict=True)]
-    for run_id, setting in known:
-        m = _RUN_ID.fullmatch(run_id)
-        if m is not None:
-            settings.setdefault((m["family"], m["setting"]), setting)
+    if any(run_id not in plan for run_id in data.failures):  # only then are run ids parsed
+        known = [(str(k), str(r.get("setting") or "")) for k, r in plan.items()]
+        known += [(str(k), str(s or "")) for k, s in zip(data.runs["run"], data.runs["setting"], strict=True)]
+        for run_id, setting in known:
+            m = _RUN_ID.fullmatch(run_id)
+            if m is not None:
+                settings.setdefault((m["family"], m["setting"]), setting)
     counts: dict[tuple[str, str, str], int] = {}
     for run_id in data.failures:
         r = plan.get(run_id)
