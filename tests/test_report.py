@@ -426,6 +426,39 @@ def test_failures_in_a_cell_without_any_finished_run_are_named(tmp_path):
     assert "failed" not in acc  # sine has no accuracy
 
 
+def test_comparisons_without_a_test_are_counted_as_untested_not_unresolved(tmp_path):
+    # sine: maml+ga finished one seed of three (no paired t); linear-binary: its accuracy equals
+    # maml's on every seed (no difference to test)
+    src = fake_study(tmp_path / "runs", seeds=3)
+    lost = ["sine__maml+ga__s1", "sine__maml+ga__s2"]
+    w = pd.read_parquet(src / "weights.parquet")
+    w[~w["run"].isin(lost)].to_parquet(src / "weights.parquet", index=False)
+    _record_failed(src, dict.fromkeys(lost, "diverged"),
+                   [{"run_id": r, "family_label": "sine", "setting": "", "method_label": "maml+ga",
+                     "seed": int(r[-1])} for r in lost])
+    res = pd.read_parquet(src / "results.parquet")
+    res = res[~res["run"].isin(lost)]
+    acc = (res["family"] == "linear-binary") & (res["metric"] == "acc_post") & (res["split"] == "test")
+    base = res[acc & (res["method"] == "maml")].set_index(["seed", "select"])["value"]
+    ga = acc & (res["method"] == "maml+ga")
+    res.loc[ga, "value"] = [base[(r.seed, r.select)] for r in res[ga].itertuples()]
+    res.to_parquet(src / "results.parquet", index=False)
+    text, comp = _report(src, tmp_path / "rep")
+    primary = comp[(comp["select"] == "best_val") & comp.metric.isin(["loss_post", "acc_post"])]
+    assert primary.p_value.isna().sum() == 2 and (primary.verdict == "unresolved").all()
+    findings = text.split("## Findings")[1].split("\n## ")[0]
+    assert (f"Primary comparisons: {primary.p_value.notna().sum()} (metrics") in findings
+    assert "2 more could not be tested (fewer than 2 seeds that both sides finished, or the same value" in findings
+    lines = findings.splitlines()
+    loss, acc_line = (next(line for line in lines if line.startswith(f"- `maml+ga` vs `maml`, `{m}`"))
+                      for m in ("loss_post", "acc_post"))
+    assert "unresolved in 1, untested in 1 (sine: 1 seed(s) both finished)." in loss
+    assert "unresolved in 0, untested in 1 (linear-binary: equal on all 3 seeds)." in acc_line
+    final = comp[(comp["select"] == "final") & comp.metric.isin(["loss_post", "acc_post"])]
+    n = int(final.p_value.notna().sum())
+    assert n == 1 and f"unresolved of {n} tested comparisons (2 untested)." in findings
+
+
 def test_two_weightings_of_one_baseline_that_share_an_aggregator_are_not_pooled(tmp_path):
     zoo = {"maml": ("maml", "mean"), "maml+sm1": ("maml", "ga-softmax"), "maml+sm5": ("maml", "ga-softmax"),
            "reptile": ("reptile", "mean"), "reptile+sm1": ("reptile", "ga-softmax"),

@@ -201,10 +201,13 @@ class _Sections:
         prim = self.comp[self.comp["test_family"] == "primary"]
         if prim.empty:
             return "\n".join(lines + ["No paired comparison could be made.", ""])
+        untested = int(prim["p_value"].isna().sum())
         lines.append(f"Primary comparisons: {self.req.n_tests} (metrics "
                      f"{', '.join(f'`{m}`' for m in an.PRIMARY)} x cells x pairs, `select = "
                      f"{self.primary}`), Holm-corrected together; a cell is **better**/**worse** only when "
-                     f"its Holm-adjusted paired-t p < {ALPHA:g}.")
+                     f"its Holm-adjusted paired-t p < {ALPHA:g}."
+                     + (f" {untested} more could not be tested (fewer than 2 seeds that both sides "
+                        "finished, or the same value on every seed)." if untested else ""))
         lines.append("")
         if not self.req.enough:
             lines += [self.seed_warning(), ""]
@@ -216,9 +219,11 @@ class _Sections:
         if not other.empty:
             sel = other["select"].iloc[0]
             n_b, n_w = int((other["verdict"] == "better").sum()), int((other["verdict"] == "worse").sum())
+            tested = int(other["p_value"].notna().sum())
             lines.append(f"- With `select = {sel}` (secondary, Holm-corrected as its own family): {n_b} "
-                         f"better, {n_w} worse, {len(other) - n_b - n_w} unresolved of {len(other)} "
-                         f"comparisons.")
+                         f"better, {n_w} worse, {tested - n_b - n_w} unresolved of {tested} tested "
+                         "comparisons" + (f" ({len(other) - tested} untested)" if len(other) > tested
+                                          else "") + ".")
         if not self.agg.empty:
             a = self.agg[(self.agg["select"] == self.primary)]
             for (method, base, metric), part in a.groupby(["method", "baseline", "metric"], sort=False):
@@ -247,10 +252,15 @@ class _Sections:
             return ", ".join(_where(r.family_label, r.setting) for r in sel.itertuples())
 
         nb, nw = int((part["verdict"] == "better").sum()), int((part["verdict"] == "worse").sum())
+        untested = part[part["p_value"].isna()]
+        where = ", ".join(f"{_where(r.family_label, r.setting)}: "
+                          + (f"{r.n_seeds} seed(s) both finished" if r.n_seeds < 2
+                             else f"equal on all {r.n_seeds} seeds") for r in untested.itertuples())
         text = (f"- `{method}` vs `{base}`, `{metric}`: better in {nb} of {len(part)} cell(s)"
                 + (f" ({names('better')})" if nb else "") + f", worse in {nw}"
                 + (f" ({names('worse')})" if nw else "")
-                + f", unresolved in {len(part) - nb - nw}.")
+                + f", unresolved in {len(part) - nb - nw - len(untested)}"
+                + (f", untested in {len(untested)} ({where})" if len(untested) else "") + ".")
         raw = int((part["p_value"] < ALPHA).sum())
         if raw != nb + nw:
             text += f" (Before the Holm correction {raw} cell(s) had p < {ALPHA:g}.)"
