@@ -448,7 +448,8 @@ def test_comparisons_without_a_test_are_counted_as_untested_not_unresolved(tmp_p
     assert primary.p_value.isna().sum() == 2 and (primary.verdict == "unresolved").all()
     findings = text.split("## Findings")[1].split("\n## ")[0]
     assert (f"Primary comparisons: {primary.p_value.notna().sum()} (metrics") in findings
-    assert "2 more could not be tested (fewer than 2 seeds that both sides finished, or the same value" in findings
+    assert ("2 more could not be tested (fewer than 2 seeds that both sides finished, or the same "
+            "value on every seed).") in findings
     lines = findings.splitlines()
     loss, acc_line = (next(line for line in lines if line.startswith(f"- `maml+ga` vs `maml`, `{m}`"))
                       for m in ("loss_post", "acc_post"))
