@@ -201,7 +201,7 @@ class _Sections:
         prim = self.comp[self.comp["test_family"] == "primary"]
         if prim.empty:
             return "\n".join(lines + ["No paired comparison could be made.", ""])
-        untested = int(prim["p_value"].isna().sum())
+        untested = len(prim) - self.req.n_tests  # n_tests counts those with a p-value
         lines.append(f"Primary comparisons: {self.req.n_tests} (metrics "
                      f"{', '.join(f'`{m}`' for m in an.PRIMARY)} x cells x pairs, `select = "
                      f"{self.primary}`), Holm-corrected together; a cell is **better**/**worse** only when "
