@@ -423,3 +423,39 @@ def test_complete_seeds_counts_archived_runs_of_an_earlier_larger_plan_apart(tmp
     assert "seeds 0, 1 only (2 of 2 planned)" in data.subset
     assert data.subset.endswith("left out: 2 finished runs outside the current plan. Verdicts can change as "
                                 "more seeds finish.")
+
+
+def test_a_divergence_is_kept_on_any_machine_through_the_archive(tmp_path, monkeypatch, capsys):
+    from gabench.trainer import DivergedError, Trainer
+
+    original = Trainer.fit
+
+    def fit(self):
+        if self.run_config.aggregator == "ga" and self.seed == 1:
+            raise DivergedError(2, "query_loss", float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    path = study_file(tmp_path, ARCHIVED)
+    archive = tmp_path / "reports" / "tiny" / "data"
+    code, _ = _compare(path, tmp_path / "runs", capsys)
+    assert code == 1
+    reason = "training diverged: query_loss=nan at step 2; try a smaller alpha or beta"
+    assert json.loads((archive / "failed.json").read_text()) == {"sine__maml+ga__s1": reason}
+    assert list(json.loads((archive / "study.json").read_text())["diverged_configs"]) == ["sine__maml+ga__s1"]
+
+    monkeypatch.setattr(Trainer, "fit", original)
+    shutil.rmtree(tmp_path / "runs")  # a fresh machine, which might well finish it: it is not tried
+    code, out = _compare(path, tmp_path / "runs", capsys)
+    assert code == 1 and "1 diverged earlier (kept as failed" in out.err and "0 to run" in out.err
+    assert not any((tmp_path / "runs" / "tiny").glob("sine__*"))
+    assert json.loads((archive / "failed.json").read_text()) == {"sine__maml+ga__s1": reason}
+    assert list(json.loads((archive / "study.json").read_text())["diverged_configs"]) == ["sine__maml+ga__s1"]
+    report = report_study(path, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports")
+    assert "sine__maml+ga__s1" in report.read_text()  # listed among the failed runs
+
+    code, out = _compare(path, tmp_path / "runs", capsys, "--retry-diverged")
+    assert code == 0 and "1 to run" in out.err
+    assert _archived_runs(archive) == sorted(f"sine__{m}__s{s}" for s in (0, 1) for m in ("maml", "maml+ga"))
+    assert json.loads((archive / "failed.json").read_text()) == {}
+    assert json.loads((archive / "study.json").read_text())["diverged_configs"] == {}

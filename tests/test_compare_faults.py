@@ -312,3 +312,78 @@ def test_sigterm_inside_a_tracking_write_of_an_in_process_compare_ends_the_run_k
     client = tracking_client(uri)
     (tracked,) = client.search_runs([client.get_experiment_by_name("gabench-tiny").experiment_id])
     assert tracked.info.status == "KILLED"
+
+
+def _diverge_ga_seed_1(monkeypatch):
+    """Trainer.fit diverges for maml+ga seed 1, as a run at too large a learning rate does."""
+    original = Trainer.fit
+
+    def fit(self):
+        if self.run_config.aggregator == "ga" and self.seed == 1:
+            raise DivergedError(2, "query_loss", float("inf"))
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    return original
+
+
+def test_a_divergence_is_kept_as_that_configurations_result_not_rerun_until_it_finishes(
+        tmp_path, monkeypatch, capsys):
+    original = _diverge_ga_seed_1(monkeypatch)
+    path, out = study_file(tmp_path), tmp_path / "runs"
+    study_dir = out / "tiny"
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
+    reason = "training diverged: query_loss=inf at step 2; try a smaller alpha or beta"
+    assert json.loads((study_dir / "failed.json").read_text()) == {"sine__maml+ga__s1": reason}
+    recorded = json.loads((study_dir / "study.json").read_text())["diverged_configs"]
+    assert list(recorded) == ["sine__maml+ga__s1"] and recorded["sine__maml+ga__s1"]["aggregator"] == "ga"
+    capsys.readouterr()
+
+    # another machine would round differently and might finish it: a resume does not try
+    monkeypatch.setattr(Trainer, "fit", original)
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
+    err = capsys.readouterr().err
+    assert ("3 finished already, 1 diverged earlier (kept as failed; --retry-diverged reruns them), "
+            "0 to run") in err
+    assert "1 run(s) diverged in an earlier compare and are kept as failed" in err
+    assert not (study_dir / "sine__maml+ga__s1").exists()
+    assert json.loads((study_dir / "failed.json").read_text()) == {"sine__maml+ga__s1": reason}
+    assert json.loads((study_dir / "study.json").read_text())["diverged_configs"] == recorded
+    assert main(["compare", str(path), "--out-root", str(out), "--plan"]) == 0
+    assert "sine__maml+ga__s1\tdiverged (kept as failed)" in capsys.readouterr().out
+
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking", "--retry-diverged"]) == 0
+    assert "3 finished already, 1 to run" in capsys.readouterr().err
+    assert run_state(study_dir / "sine__maml+ga__s1", load_study(path).runs[3].config) == "finished"
+    assert json.loads((study_dir / "failed.json").read_text()) == {}
+    assert json.loads((study_dir / "study.json").read_text())["diverged_configs"] == {}
+
+
+def test_a_divergence_with_another_configuration_and_other_failures_are_rerun(tmp_path, monkeypatch, capsys):
+    original = _diverge_ga_seed_1(monkeypatch)
+    path, out = study_file(tmp_path), tmp_path / "runs"
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
+    monkeypatch.setattr(Trainer, "fit", original)
+    # a smaller beta, as the divergence message advises: the recorded divergence is not this run's
+    path = study_file(tmp_path, TINY_STUDY.replace('aggregator = "ga"', 'aggregator = "ga"\nbeta = 0.0005'))
+    assert main(["compare", str(path), "--out-root", str(out), "--plan"]) == 0
+    assert "sine__maml+ga__s1\tdiverged with another configuration (runs again)" in capsys.readouterr().out
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking", "--redo-changed"]) == 0
+    assert "kept as failed" not in capsys.readouterr().err
+    assert json.loads((out / "tiny" / "failed.json").read_text()) == {}
+
+    def fit(self):  # a failure that is not a divergence (a fault of the machine or the code)
+        if self.seed == 0 and self.run_config.aggregator == "ga":
+            raise MemoryError("out of memory")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    out = tmp_path / "elsewhere"
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
+    assert json.loads((out / "tiny" / "failed.json").read_text()) == {
+        "sine__maml+ga__s0": "MemoryError: out of memory"}
+    assert json.loads((out / "tiny" / "study.json").read_text())["diverged_configs"] == {}
+    monkeypatch.setattr(Trainer, "fit", original)
+    capsys.readouterr()
+    assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 0
+    assert "3 finished already, 1 to run" in capsys.readouterr().err

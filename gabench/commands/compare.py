@@ -24,6 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="torch threads per run (default 1; more only pays for large models)")
     p.add_argument("--redo-changed", action="store_true",
                    help="rerun finished runs whose configuration differs from the study file")
+    p.add_argument("--retry-diverged", action="store_true",
+                   help="rerun the runs that diverged in an earlier compare (by default a divergence "
+                        "is kept as that configuration's result, on any machine: rerunning only the "
+                        "failures until they finish would bias the study towards its survivors)")
     p.add_argument("--plan", action="store_true", help="print the planned runs and exit")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="start no run SECONDS after the command started (those started finish, the "
@@ -68,13 +72,20 @@ def run(args: argparse.Namespace) -> int:
     workers = check_int("--workers", args.workers)
     timeout = check_timeout(args.timeout, args.scheduler)
     if args.plan:
-        from gabench.compare import archived_configs, archived_state
+        from gabench._atomic import read_json
+        from gabench.compare import archived_configs, archived_state, config_diff, earlier_divergences
 
+        study_dir = Path(args.out_root) / study.name
         archived = archived_configs(study.archive) if study.archive is not None else {}
+        diverged = earlier_divergences(study, study_dir, read_json(study_dir / "study.json"))
         for planned in study.runs:
-            state = run_state(Path(args.out_root) / study.name / planned.run_id, planned.config)
+            state = run_state(study_dir / planned.run_id, planned.config)
             if state == "missing" and archived_state(planned, archived) != "missing":
                 state = f"{archived_state(planned, archived)} (archive)"
+            if state == "missing" and planned.run_id in diverged:
+                same = not config_diff(diverged[planned.run_id][1], planned.config)
+                state = ("diverged (kept as failed)" if same
+                         else "diverged with another configuration (runs again)")
             print(f"{planned.run_id}\t{state}")
         print(f"{len(study.runs)} runs", file=sys.stderr)
         return 0
@@ -94,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = run_study(study, args.out_root, workers, callbacks_for=callbacks_for,
                         redo_changed=args.redo_changed, threads=args.threads, scheduler=args.scheduler,
-                        timeout=left)
+                        timeout=left, retry_diverged=args.retry_diverged)
     except StorageFullError as exc:  # before any run: nothing was run
         print(f"gabench compare: error: {exc}; free space and run the same command again",
               file=sys.stderr)
@@ -124,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"gabench compare: error: {len(out.failures)} run(s) failed:", file=sys.stderr)
         for run_id, reason in out.failures.items():
             print(f"  {run_id}: {reason}", file=sys.stderr)
-    if out.storage_errors or out.failures:
+    if out.kept_diverged:  # listed when they diverged; still without a result
+        print(f"gabench compare: {len(out.kept_diverged)} run(s) diverged in an earlier compare and are "
+              f"kept as failed (failed.json lists them; --retry-diverged reruns them)", file=sys.stderr)
+    if out.storage_errors or out.failures or out.kept_diverged:
         if out.storage_errors or any("no space left on device" in r for r in out.failures.values()):
             print("gabench compare: free space and run the same command again to resume "
                   "(finished runs are kept)", file=sys.stderr)

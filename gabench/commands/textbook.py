@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         write_parquet(path, table)
         print(f"textbook example as published (and ablations): {seeds} seeds -> {path}")
     result = run_study(study, args.out_root, args.workers, threads=1, redo_changed=args.redo_changed)
-    if result.failures:
-        print(f"gabench textbook: {len(result.failures)} run(s) failed (listed in the report)")
+    failed = len(result.failures) + len(result.kept_diverged)
+    if failed:
+        print(f"gabench textbook: {failed} run(s) failed (listed in the report)")
     cmd = "gabench report " + study.name
     if args.out_root != "runs":
         cmd += f" --runs-root {args.out_root}"

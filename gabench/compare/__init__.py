@@ -17,6 +17,13 @@ trainer; ``f`` must be picklable (worker processes are spawned). ``gabench compa
 diverges or is stopped is marked FAILED or KILLED in MLflow by the tracker's
 :meth:`~gabench.trainer.Callback.on_fail`.
 
+Divergences: a run that diverges is listed in ``failed.json`` and its configuration recorded in
+``study.json`` (``diverged_configs``; the archive keeps both). A resumed compare, on any machine,
+keeps it as failed instead of rerunning it, while the configuration is unchanged: a divergence is
+that configuration's result, and floating-point rounding differs between machines, so rerunning
+only the failures until they finish would leave every finished fraction and mean a survivor's.
+``--retry-diverged`` reruns them. Runs that failed otherwise are rerun.
+
 Stopping: Ctrl-C or SIGTERM stops the worker processes (their unfinished runs leave only
 temporary directories, removed at the next start) and keeps every finished run. A worker's run
 stops at the trainer's next hook (:class:`~gabench.trainer.StopAtSafePoint`), never inside a
@@ -32,7 +39,13 @@ study's archive: compact summaries of its finished runs that outlive the machine
 from gabench._atomic import write_parquet
 from gabench.compare._archive import archived_configs, archived_state, update_archive
 from gabench.compare._execute import execute_run, label_tables, one_line, train_planned
-from gabench.compare._schedule import REBUILD_EVERY_S, CompareResult, check_timeout, run_study
+from gabench.compare._schedule import (
+    REBUILD_EVERY_S,
+    CompareResult,
+    check_timeout,
+    earlier_divergences,
+    run_study,
+)
 from gabench.compare._signals import Terminated
 from gabench.compare._state import (
     IGNORED_FIELDS,
@@ -47,5 +60,5 @@ __all__ = [
     "archived_configs", "archived_state", "one_line", "train_planned", "update_archive",
     "IGNORED_FIELDS", "REBUILD_EVERY_S", "STUDY_COLUMNS", "CallbacksFor", "CompareResult", "Terminated",
     "TrackRuns", "config_diff", "execute_run", "label_tables", "no_callbacks", "rebuild_table",
-    "check_timeout", "run_state", "run_study", "write_parquet",
+    "check_timeout", "earlier_divergences", "run_state", "run_study", "write_parquet",
 ]

@@ -28,6 +28,9 @@ from gabench._errors import ConfigError
 from gabench.compare._state import _check_run, config_diff
 from gabench.study import PlannedRun, Study
 
+#: Key of ``study.json`` holding the configuration each diverged run of ``failed.json`` had.
+DIVERGED_CONFIGS = "diverged_configs"
+
 
 def archived_configs(archive: Path) -> dict[str, dict[str, Any]]:
     """Run id -> configuration of the runs ``archive`` holds (``{}`` when it does not exist yet).
@@ -63,7 +66,9 @@ def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> i
     ``--redo-changed`` redoes it) leaves the archive at once, so that a report never mixes two
     configurations of one run. Runs of the archive that are not in the plan (an earlier, larger
     plan) stay. ``failures`` (run id -> reason, this compare's) are merged into the archive's
-    ``failed.json``; a run that finished since leaves it. The archive's ``study.json`` becomes
+    ``failed.json``; a run that finished since leaves it. The configurations of the runs that
+    diverged are merged alike into ``study.json`` (``diverged_configs``), so that a compare on any
+    machine keeps those runs as failed rather than rerunning them. The archive's ``study.json`` becomes
     the study directory's (the plan), with the provenance of every archived run.
 
     A report of a tuned study keeps its Optuna trials in the archive (``tuning_studies``,
@@ -101,16 +106,24 @@ def update_archive(study: Study, study_dir: Path, failures: dict[str, str]) -> i
                            if k not in known}
         if old is None and not new_ids:
             return 0  # nothing finished yet: no archive (failures stay in the study directory)
-        if old is not None and not new_ids and not stale and merged_failures == old.failures:
+        meta = read_json(study_dir / "study.json")
+        # the configuration each divergence had: this compare's record for the runs it reports
+        # on, the archive's for the others
+        old_diverged = old.meta.get(DIVERGED_CONFIGS, {}) if old is not None else {}
+        diverged = {k: v for k, v in old_diverged.items() if k not in failures}
+        diverged.update(meta.get(DIVERGED_CONFIGS, {}))
+        diverged = {k: v for k, v in diverged.items() if k in merged_failures}
+        if (old is not None and not new_ids and not stale and merged_failures == old.failures
+                and diverged == old_diverged):
             return 0
         parts = [old.only(keep)] if old is not None else []
         if new_ids:
             res = rd._with_study_columns(pd.concat(results, ignore_index=True), study.name)
             wts = pd.concat(weights, ignore_index=True)
             parts.append(rd.summarise(rd.StudyTables(study.name, study_dir, res, wts)))
-        meta = read_json(study_dir / "study.json")
         commits = {**(old.meta.get("run_commits", {}) if old else {}), **meta.get("run_commits", {})}
         meta["run_commits"] = {k: v for k, v in commits.items() if k in known}
+        meta[DIVERGED_CONFIGS] = diverged
         tables = {name: pd.concat([getattr(p, name) for p in parts], ignore_index=True)
                   for name in rd._TABLES}
         extra = dict(old.extra) if old is not None else {}

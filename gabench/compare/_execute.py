@@ -32,9 +32,11 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
             previous setting is restored afterwards.
 
     Returns:
-        ``{"run_id", "ok", "seconds", "message"}``; ``ok`` is false when the run failed
-        (diverged, or raised any other error: the message keeps the reason; nothing is
-        written then). A run found finished on disk (by another process meanwhile) is skipped.
+        ``{"run_id", "ok", "seconds", "message", "diverged"}``; ``ok`` is false when the run
+        failed (diverged, or raised any other error: the message keeps the reason; nothing is
+        written then); ``diverged`` is true when it failed by diverging (a non-finite loss: an
+        outcome of its configuration, which a resumed compare keeps rather than reruns). A run
+        found finished on disk (by another process meanwhile) is skipped.
     """
     import torch
 
@@ -44,8 +46,9 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
 
     start = time.perf_counter()
 
-    def outcome(ok: bool, message: str) -> dict[str, Any]:
-        return {"run_id": run.run_id, "ok": ok, "seconds": time.perf_counter() - start, "message": message}
+    def outcome(ok: bool, message: str, diverged: bool = False) -> dict[str, Any]:
+        return {"run_id": run.run_id, "ok": ok, "seconds": time.perf_counter() - start, "message": message,
+                "diverged": diverged}
 
     if not overwrite and run_state(out_dir, run.config) == "finished":
         # finished meanwhile (e.g. by a process that had it queued): skipped, not redone
@@ -71,7 +74,7 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
                    if full else one_line(exc))
         if trained:  # tracked as FINISHED by now, but its results are not on disk: a failed run
             _mark_failed(callbacks, message)
-        return outcome(False, message)
+        return outcome(False, message, diverged=isinstance(exc, DivergedError))
     except BaseException as exc:
         exit_if_terminated_worker(exc)
         raise

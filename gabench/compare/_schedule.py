@@ -14,13 +14,14 @@ from gabench import __version__
 from gabench._atomic import read_json, write_json
 from gabench._errors import ConfigError, StorageFullError, check_int, check_positive
 from gabench._provenance import git_commit
-from gabench.compare._archive import archived_configs, archived_state, update_archive
+from gabench.compare._archive import DIVERGED_CONFIGS, archived_configs, archived_state, update_archive
 from gabench.compare._execute import execute_run, one_line
 from gabench.compare._signals import sigterm_stops, worker_init
 from gabench.compare._state import (
     config_diff,
     read_config,
     rebuild_table,
+    recorded_form,
     remove_leftovers,
     run_state,
     study_lock,
@@ -55,6 +56,9 @@ class CompareResult:
             kept its previous content, and the next compare rewrites it.
         not_started: Runs left unstarted because ``timeout`` had passed (the next compare runs
             them).
+        kept_diverged: Run id -> reason, for runs that diverged in an earlier compare with the
+            planned configuration and were not rerun (they stay failed; ``retry_diverged`` reruns
+            them).
     """
 
     study_dir: Path
@@ -64,6 +68,7 @@ class CompareResult:
     failures: dict[str, str] = field(default_factory=dict)
     storage_errors: list[str] = field(default_factory=list)
     not_started: int = 0
+    kept_diverged: dict[str, str] = field(default_factory=dict)
 
 
 def check_timeout(timeout: float | None, scheduler: str | None) -> float | None:
@@ -83,8 +88,15 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
               callbacks_for: CallbacksFor = no_callbacks,
               redo_changed: bool = False, threads: int | None = 1,
               log: TextIO | None = None, scheduler: str | None = None,
-              timeout: float | None = None) -> CompareResult:
+              timeout: float | None = None, retry_diverged: bool = False) -> CompareResult:
     """Run every unfinished run of ``study`` and rebuild the study table.
+
+    A run that diverged (a non-finite loss) is a result of its configuration, not a fault: it is
+    recorded with that configuration and a later compare keeps it as failed instead of running it
+    again (``retry_diverged`` reruns it; a changed configuration does too). Rerunning only the
+    failures, e.g. on another machine whose floating-point rounding differs, until they finish
+    would make every finished fraction and mean of the study a survivor's. Runs that failed
+    otherwise (killed, disk full, any other error) are rerun.
 
     Args:
         study: A loaded study (:func:`~gabench.study.load_study`).
@@ -104,6 +116,7 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
             the tables and the archive are written as at the end of the plan); the runs left are
             counted in :attr:`CompareResult.not_started`, and the next call runs them. None: no
             limit. Not with ``scheduler``.
+        retry_diverged: Rerun the runs that diverged in an earlier compare.
 
     Returns:
         A :class:`CompareResult`.
@@ -117,12 +130,13 @@ def run_study(study: Study, out_root: str | Path = "runs", workers: int = 1, *,
     timeout = check_timeout(timeout, scheduler)
     with sigterm_stops():
         return _run_study(study, out_root, workers, callbacks_for, redo_changed, threads, log, scheduler,
-                          timeout)
+                          timeout, retry_diverged)
 
 
 def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: CallbacksFor,
                redo_changed: bool, threads: int | None, log: TextIO,
-               scheduler: str | None = None, timeout: float | None = None) -> CompareResult:
+               scheduler: str | None = None, timeout: float | None = None,
+               retry_diverged: bool = False) -> CompareResult:
     if threads is not None:
         threads = check_int("--threads", threads)
     study_dir = Path(out_root) / study.name
@@ -133,6 +147,10 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
         previous = read_json(study_dir / "study.json")
         provenance: dict[str, str] = {k: v for k, v in previous.get("run_commits", {}).items()
                                       if (study_dir / k).is_dir()}
+        earlier = {} if retry_diverged else earlier_divergences(study, study_dir, previous)
+        # until the plan is checked, study.json keeps every recorded divergence (a compare killed
+        # before then loses none); then the kept ones and this compare's
+        diverged_configs: dict[str, dict[str, Any]] = {k: c for k, (_, c) in earlier.items()}
 
         def write_meta() -> None:
             summary = study.summary()
@@ -140,11 +158,12 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 entry.update(task_shape(run, study_dir / run.run_id))
             write_json(study_dir / "study.json", {
                 **summary, "gabench_version": __version__, "git_commit": commit,
-                "run_commits": provenance})
+                "run_commits": provenance, DIVERGED_CONFIGS: diverged_configs})
 
         write_meta()
         archived = archived_configs(study.archive) if study.archive is not None else {}
         todo, changed, in_archive = [], [], 0
+        kept: dict[str, str] = {}
         for run in study.runs:
             state = run_state(study_dir / run.run_id, run.config)
             if state == "missing" and archived:
@@ -155,8 +174,15 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 where_changed = "local"
             if state == "changed":
                 changed.append((run, where_changed))
+            if state == "missing" and run.run_id in earlier:
+                reason, config = earlier[run.run_id]
+                if not config_diff(config, run.config):  # diverged as planned: a result, kept
+                    kept[run.run_id] = reason
+                    continue
             if state != "finished":
                 todo.append(run)
+        for run_id in set(diverged_configs) - set(kept):
+            del diverged_configs[run_id]
         if changed and not redo_changed:
             first, where_changed = changed[0]
             if where_changed == "local":
@@ -170,9 +196,12 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 f"{study.path} (e.g. {place}: {diff}), or another --out-root"))
         done = len(study.runs) - len(todo)
         where = f"on the Dask cluster {scheduler}" if scheduler else f"with {workers} worker(s)"
-        kept = f" ({in_archive} of them in the archive {study.archive}/)" if in_archive else ""
-        print(f"{study.name}: {len(study.runs)} runs planned, {done} finished already{kept}, "
-              f"{len(todo)} to run {where} -> {study_dir}/", file=log, flush=True)
+        done -= len(kept)
+        archived_note = f" ({in_archive} of them in the archive {study.archive}/)" if in_archive else ""
+        kept_note = (f", {len(kept)} diverged earlier (kept as failed; --retry-diverged reruns them)"
+                     if kept else "")
+        print(f"{study.name}: {len(study.runs)} runs planned, {done} finished already{archived_note}"
+              f"{kept_note}, {len(todo)} to run {where} -> {study_dir}/", file=log, flush=True)
         failures: dict[str, str] = {}
         storage_errors: list[str] = []
 
@@ -191,7 +220,7 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
             if study.archive is None:
                 return False
             try:
-                update_archive(study, study_dir, failures)
+                update_archive(study, study_dir, {**kept, **failures})
                 return True
             except StorageFullError:
                 raise
@@ -202,6 +231,7 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                     storage_errors.append(line)
                 return False
 
+        by_id = {r.run_id: r for r in study.runs}
         ran = 0
         start = last_rebuild = time.monotonic()
         deadline = None if timeout is None else _now() + timeout
@@ -218,6 +248,8 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                     provenance[outcome["run_id"]] = f"gabench {__version__} {commit or 'unknown'}"
                 else:
                     failures[outcome["run_id"]] = outcome["message"]
+                    if outcome.get("diverged"):
+                        diverged_configs[outcome["run_id"]] = recorded_form(by_id[outcome["run_id"]].config)
                 _progress(log, time.monotonic() - start, ran, len(todo), done, len(study.runs), outcome)
                 if time.monotonic() - last_rebuild > REBUILD_EVERY_S:  # `gabench report` meanwhile
                     keep_going(write_meta)
@@ -228,7 +260,7 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
             # on a full disk each of these keeps its previous file (written atomically) and
             # leaves one line; a rerun after freeing space rewrites them from the finished runs
             finished = keep_going(lambda: rebuild_table(study, study_dir))
-            keep_going(lambda: write_json(study_dir / "failed.json", failures))
+            keep_going(lambda: write_json(study_dir / "failed.json", {**kept, **failures}))
             keep_going(write_meta)
             keep_going(archive_runs)
             if finished is None:
@@ -238,7 +270,29 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 for line in storage_errors:
                     print(f"error: {line}", file=log, flush=True)
     return CompareResult(study_dir, len(study.runs), finished, ran, failures, storage_errors,
-                         not_started=len(todo) - ran if deadline is not None else 0)
+                         not_started=len(todo) - ran if deadline is not None else 0, kept_diverged=kept)
+
+
+def earlier_divergences(study: Study, study_dir: Path,
+                        previous: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Run id -> (reason, configuration) of the runs that diverged in an earlier compare: those the
+    study directory's ``failed.json`` and ``study.json`` (``previous``) record, and, for a study
+    with an archive, those the archive records (whichever machine ran them). A failure recorded
+    without its configuration (another kind of failure, or an archive older than this record)
+    is not one."""
+    sources = [(previous, read_json(study_dir / "failed.json"))]
+    if study.archive is not None:
+        sources.insert(0, (read_json(study.archive / "study.json"), read_json(study.archive / "failed.json")))
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for meta, failed in sources:
+        configs = meta.get(DIVERGED_CONFIGS)
+        if not isinstance(configs, dict):
+            continue
+        for run_id, config in configs.items():
+            reason = failed.get(run_id)
+            if isinstance(reason, str) and isinstance(config, dict):
+                found[run_id] = (reason, config)
+    return found
 
 
 #: The task shape that ``study.json`` records per run (the report's hyperparameter table shows it).

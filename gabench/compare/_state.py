@@ -72,9 +72,14 @@ def read_config(path: Path) -> dict[str, Any]:
     return json.loads((path / "config.json").read_text())["config"]
 
 
+def recorded_form(config: RunConfig) -> dict[str, Any]:
+    """``config`` as a run's ``config.json`` records it (plain JSON values)."""
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
 def config_diff(recorded: dict[str, Any], config: RunConfig) -> str:
     """The first field where ``recorded`` differs from ``config`` (``""`` when none does)."""
-    planned = json.loads(json.dumps(config.to_dict(), default=str))
+    planned = recorded_form(config)
     defaults = json.loads(json.dumps(dataclasses.asdict(RunConfig()), default=str))
     for key in sorted(set(recorded) | set(planned)):
         if key in IGNORED_FIELDS:
