@@ -663,9 +663,13 @@ class _Sections:
         if not self.d.failures:
             return ""
         rows = [[f"`{k}`", v] for k, v in self.d.failures.items()]
-        return "\n".join(["## Failed runs", "", "Not in the tables above (the rest of their cell is; "
-                                                "comparisons "
-                          "use the seeds both methods finished).", "", md_table(["run", "reason"], rows), ""])
+        return "\n".join([
+            "## Failed runs", "",
+            "Not in the tables above (the rest of their cell is; comparisons use the seeds both methods "
+            "finished). A divergence is its run's first outcome: a resumed compare keeps it rather than "
+            "running it again, since near the edge of stability whether a run diverges depends on the "
+            "machine's floating-point rounding, and rerunning only the failures until they finish would "
+            "select survivors.", "", md_table(["run", "reason"], rows), ""])
 
     def methods_note(self) -> str:
         fams = list(dict.fromkeys(self.comp["test_family"])) if not self.comp.empty else []
