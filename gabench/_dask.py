@@ -332,8 +332,8 @@ def execute_on_dask(todo: list[PlannedRun], study: str, address: str, *, write: 
         timeout: Seconds to wait for the scheduler.
 
     Yields:
-        ``{"run_id", "ok", "seconds", "message", "diverged"}`` per run, as a local compare's runs
-        report.
+        ``{"run_id", "ok", "seconds", "message", "diverged", "machine"}`` per run (``machine``:
+        the worker's, for a run that finished), as a local compare's runs report.
 
     Raises:
         ConfigError: the scheduler cannot be reached, a worker cannot run gabench or reach the
@@ -395,7 +395,8 @@ def _collect(client: Client, futures: dict[Future, PlannedRun], write: Writer, t
         if tracking_uri is not None and experiment_id is not None:
             close_lost_attempts(tracking_uri, experiment_id, str(fut.key), payload.mlflow_run_id)
         yield {"run_id": run.run_id, "ok": payload.ok, "seconds": payload.seconds,
-               "message": payload.message, "diverged": payload.error == "DivergedError"}
+               "message": payload.message, "diverged": payload.error == "DivergedError",
+               "machine": payload.result.extra.get("machine", "") if payload.result is not None else ""}
 
 
 def _experiment_id(tracking_uri: str, name: str) -> str:

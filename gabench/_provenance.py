@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import platform
 import subprocess
 from pathlib import Path
 
@@ -41,3 +42,30 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return head + (f"+dirty.{source_hash()}" if dirty else "")
+
+
+@functools.cache
+def machine() -> str:
+    """The processor and torch build a run computed on, e.g. ``"AMD EPYC (x86_64), torch 2.13.0+cpu"``.
+
+    Recorded with each run: the same configuration and seed give the same numbers on the same
+    machine, but not across processors (floating-point rounding differs with the instruction set
+    the kernels use), which decides, e.g., whether a run near the edge of stability diverges.
+    """
+    import torch
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    return f"{processor_name(cpuinfo, platform.machine(), platform.processor())}, torch {torch.__version__}"
+
+
+def processor_name(cpuinfo: str, arch: str, processor: str) -> str:
+    """The processor's model from ``/proc/cpuinfo`` text with the architecture, e.g. ``"AMD EPYC
+    (x86_64)"``; else ``processor`` (``platform.processor()``), else ``arch``, else ``"unknown"``."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return f"{value.strip()} ({arch or 'unknown'})"
+    return processor or arch or "unknown"

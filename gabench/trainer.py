@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from gabench._errors import check_int
 from gabench._memory import check_run_memory
 from gabench._processes import StopRequest
+from gabench._provenance import machine
 from gabench.aggregators import Aggregator, weight_stats
 from gabench.algorithms import Algorithm, Learner, StepResult
 from gabench.config import RunConfig, resolve_device
@@ -342,7 +343,8 @@ class Trainer:
         result = RunResult(
             config=self.config, results=self._table(rows, train_log, stat_names),
             weights=self._weights_table(weight_log, corrupt_log), test=test, wall_seconds=wall,
-            test_best_val=test_best, best_val_step=best["step"], extra={"resolved": self.resolved},
+            test_best_val=test_best, best_val_step=best["step"],
+            extra={"resolved": self.resolved, "machine": machine()},
         )
         for cb in self.callbacks:
             cb.on_end(result)

@@ -51,6 +51,24 @@ def test_compare_runs_the_plan_and_builds_one_table(tmp_path, capsys):
     assert cfg["study"]["run_id"] == "sine__maml+ga__s1" and cfg["config"]["seed"] == 1
     text = capsys.readouterr()
     assert "[4/4]" in text.err and "ETA" in text.err and "4/4 runs finished" in text.out
+    # where each run computed: the numbers repeat on the same processor and torch build, not across
+    import torch
+
+    from gabench._provenance import machine
+
+    assert cfg["machine"] == machine() and machine().endswith(f", torch {torch.__version__}")
+    produced = f"gabench {meta['gabench_version']} {meta['git_commit'] or 'unknown'} on {machine()}"
+    assert set(meta["run_commits"].values()) == {produced}
+
+
+def test_the_processor_is_named_from_cpuinfo_or_what_platform_knows():
+    from gabench._provenance import processor_name
+
+    cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: fpu avx2\n"
+    assert processor_name(cpuinfo, "x86_64", "") == "AMD EPYC 7B13 (x86_64)"
+    assert processor_name("processor\t: 0\nmodel name\t: \n", "aarch64", "") == "aarch64"
+    assert processor_name("", "arm64", "arm") == "arm"  # macOS: no /proc/cpuinfo
+    assert processor_name("", "", "") == "unknown"
 
 
 def test_rebuilding_the_table_reads_each_run_table_once_and_gives_the_same_table(tmp_path, monkeypatch):

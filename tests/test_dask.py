@@ -167,7 +167,7 @@ def test_study_on_dask_equals_local_compare(cluster, tmp_path):
     assert sorted(ids) == sorted(r.run_id for r in study.runs)  # every run once
     assert sorted(write.written) == sorted(r.run_id for r in study.runs if r.method_label != "diverging")
     for o in outcomes:
-        assert set(o) == {"run_id", "ok", "seconds", "message", "diverged"}
+        assert set(o) == {"run_id", "ok", "seconds", "message", "diverged", "machine"}
         if "diverging" in o["run_id"]:  # a failure record, not a crash of the whole compare
             assert not o["ok"] and "diverged" in o["message"] and not (dask_dir / o["run_id"]).exists()
             assert o["diverged"]  # kept as failed by the next compare, as a local divergence is
@@ -177,8 +177,9 @@ def test_study_on_dask_equals_local_compare(cluster, tmp_path):
     for run in study.runs:  # the same runs, locally, as `gabench compare` executes them
         local = execute_run(run, study.name, local_dir / run.run_id)
         dask_out = next(o for o in outcomes if o["run_id"] == run.run_id)
-        assert (local["ok"], local["message"], local["diverged"]) == (
-            dask_out["ok"], dask_out["message"], dask_out["diverged"])
+        assert (local["ok"], local["message"], local["diverged"], local["machine"]) == (
+            dask_out["ok"], dask_out["message"], dask_out["diverged"], dask_out["machine"])
+        assert bool(local["machine"]) == local["ok"]  # where the run computed, when it finished
         if local["ok"]:
             same_run(dask_dir / run.run_id, local_dir / run.run_id)
     cfg = json.loads((dask_dir / "sine__maml+ga__s1" / "config.json").read_text())

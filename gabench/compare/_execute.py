@@ -32,11 +32,12 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
             previous setting is restored afterwards.
 
     Returns:
-        ``{"run_id", "ok", "seconds", "message", "diverged"}``; ``ok`` is false when the run
+        ``{"run_id", "ok", "seconds", "message", "diverged", "machine"}``; ``ok`` is false when the run
         failed (diverged, or raised any other error: the message keeps the reason; nothing is
         written then); ``diverged`` is true when it failed by diverging (a non-finite loss: an
-        outcome of its configuration, which a resumed compare keeps rather than reruns). A run
-        found finished on disk (by another process meanwhile) is skipped.
+        outcome of its configuration, which a resumed compare keeps rather than reruns);
+        ``machine`` names where a finished run trained (:func:`gabench._provenance.machine`;
+        ``""`` otherwise). A run found finished on disk (by another process meanwhile) is skipped.
     """
     import torch
 
@@ -46,9 +47,9 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
 
     start = time.perf_counter()
 
-    def outcome(ok: bool, message: str, diverged: bool = False) -> dict[str, Any]:
+    def outcome(ok: bool, message: str, diverged: bool = False, machine: str = "") -> dict[str, Any]:
         return {"run_id": run.run_id, "ok": ok, "seconds": time.perf_counter() - start, "message": message,
-                "diverged": diverged}
+                "diverged": diverged, "machine": machine}
 
     if not overwrite and run_state(out_dir, run.config) == "finished":
         # finished meanwhile (e.g. by a process that had it queued): skipped, not redone
@@ -81,7 +82,8 @@ def execute_run(run: PlannedRun, study: str, out_dir: Path, overwrite: bool = Fa
     finally:
         torch.set_num_threads(previous)
     post = result.test.get("loss_post")
-    return outcome(True, f"loss_post={post.mean:.4g}" if post is not None else "")
+    return outcome(True, f"loss_post={post.mean:.4g}" if post is not None else "",
+                   machine=result.extra.get("machine", ""))
 
 
 def _mark_failed(callbacks: list[Any], reason: str) -> None:

@@ -245,7 +245,8 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 ran += 1
                 done += outcome["ok"]
                 if outcome["ok"]:
-                    provenance[outcome["run_id"]] = f"gabench {__version__} {commit or 'unknown'}"
+                    on = f" on {outcome['machine']}" if outcome.get("machine") else ""
+                    provenance[outcome["run_id"]] = f"gabench {__version__} {commit or 'unknown'}{on}"
                 else:
                     failures[outcome["run_id"]] = outcome["message"]
                     if outcome.get("diverged"):
