@@ -99,3 +99,19 @@ def family_params(names) -> list:
 
     return [pytest.param(n, marks=pytest.mark.slow) if issubclass(FAMILIES[n], ImageFamily) else n
             for n in names]
+
+
+def diverge_ga_seed_1(monkeypatch):
+    """Makes ``Trainer.fit`` diverge for the maml+ga run of seed 1 (as a run at too large a learning
+    rate does) and returns the original ``fit``."""
+    from gabench.trainer import DivergedError, Trainer
+
+    original = Trainer.fit
+
+    def fit(self):
+        if self.run_config.aggregator == "ga" and self.seed == 1:
+            raise DivergedError(2, "query_loss", float("inf"))
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    return original

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TINY_STUDY, study_file
+from helpers import TINY_STUDY, diverge_ga_seed_1, study_file
 
 from gabench._errors import ConfigError
 from gabench.commands import main
@@ -426,21 +426,14 @@ def test_complete_seeds_counts_archived_runs_of_an_earlier_larger_plan_apart(tmp
 
 
 def test_a_divergence_is_kept_on_any_machine_through_the_archive(tmp_path, monkeypatch, capsys):
-    from gabench.trainer import DivergedError, Trainer
+    from gabench.trainer import Trainer
 
-    original = Trainer.fit
-
-    def fit(self):
-        if self.run_config.aggregator == "ga" and self.seed == 1:
-            raise DivergedError(2, "query_loss", float("nan"))
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "fit", fit)
+    original = diverge_ga_seed_1(monkeypatch)
     path = study_file(tmp_path, ARCHIVED)
     archive = tmp_path / "reports" / "tiny" / "data"
     code, _ = _compare(path, tmp_path / "runs", capsys)
     assert code == 1
-    reason = "training diverged: query_loss=nan at step 2; try a smaller alpha or beta"
+    reason = "training diverged: query_loss=inf at step 2; try a smaller alpha or beta"
     assert json.loads((archive / "failed.json").read_text()) == {"sine__maml+ga__s1": reason}
     assert list(json.loads((archive / "study.json").read_text())["diverged_configs"]) == ["sine__maml+ga__s1"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TINY_STUDY, alive, children, study_file
+from helpers import TINY_STUDY, alive, children, diverge_ga_seed_1, study_file
 from test_compare import run_ids_in_table
 
 from gabench._errors import ConfigError
@@ -314,22 +314,9 @@ def test_sigterm_inside_a_tracking_write_of_an_in_process_compare_ends_the_run_k
     assert tracked.info.status == "KILLED"
 
 
-def _diverge_ga_seed_1(monkeypatch):
-    """Trainer.fit diverges for maml+ga seed 1, as a run at too large a learning rate does."""
-    original = Trainer.fit
-
-    def fit(self):
-        if self.run_config.aggregator == "ga" and self.seed == 1:
-            raise DivergedError(2, "query_loss", float("inf"))
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "fit", fit)
-    return original
-
-
 def test_a_divergence_is_kept_as_that_configurations_result_not_rerun_until_it_finishes(
         tmp_path, monkeypatch, capsys):
-    original = _diverge_ga_seed_1(monkeypatch)
+    original = diverge_ga_seed_1(monkeypatch)
     path, out = study_file(tmp_path), tmp_path / "runs"
     study_dir = out / "tiny"
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
@@ -360,7 +347,7 @@ def test_a_divergence_is_kept_as_that_configurations_result_not_rerun_until_it_f
 
 
 def test_a_divergence_with_another_configuration_and_other_failures_are_rerun(tmp_path, monkeypatch, capsys):
-    original = _diverge_ga_seed_1(monkeypatch)
+    original = diverge_ga_seed_1(monkeypatch)
     path, out = study_file(tmp_path), tmp_path / "runs"
     assert main(["compare", str(path), "--out-root", str(out), "--no-tracking"]) == 1
     monkeypatch.setattr(Trainer, "fit", original)
