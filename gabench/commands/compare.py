@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     timeout = check_timeout(args.timeout, args.scheduler)
     if args.plan:
         from gabench._atomic import read_json
-        from gabench.compare import archived_configs, archived_state, config_diff, earlier_divergences
+        from gabench.compare import archived_configs, archived_state, earlier_divergences, kept_divergence
 
         study_dir = Path(args.out_root) / study.name
         archived = archived_configs(study.archive) if study.archive is not None else {}
@@ -83,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
             if state == "missing" and archived_state(planned, archived) != "missing":
                 state = f"{archived_state(planned, archived)} (archive)"
             if state == "missing" and planned.run_id in diverged:
-                same = not config_diff(diverged[planned.run_id][1], planned.config)
-                state = ("diverged (kept as failed)" if same
+                state = ("diverged (kept as failed)" if kept_divergence(planned, diverged) is not None
                          else "diverged with another configuration (runs again)")
             print(f"{planned.run_id}\t{state}")
         print(f"{len(study.runs)} runs", file=sys.stderr)

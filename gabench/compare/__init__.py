@@ -44,6 +44,7 @@ from gabench.compare._schedule import (
     CompareResult,
     check_timeout,
     earlier_divergences,
+    kept_divergence,
     run_study,
 )
 from gabench.compare._signals import Terminated
@@ -60,5 +61,5 @@ __all__ = [
     "archived_configs", "archived_state", "one_line", "train_planned", "update_archive",
     "IGNORED_FIELDS", "REBUILD_EVERY_S", "STUDY_COLUMNS", "CallbacksFor", "CompareResult", "Terminated",
     "TrackRuns", "config_diff", "execute_run", "label_tables", "no_callbacks", "rebuild_table",
-    "check_timeout", "earlier_divergences", "run_state", "run_study", "write_parquet",
+    "check_timeout", "earlier_divergences", "kept_divergence", "run_state", "run_study", "write_parquet",
 ]

@@ -174,11 +174,9 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 where_changed = "local"
             if state == "changed":
                 changed.append((run, where_changed))
-            if state == "missing" and run.run_id in earlier:
-                reason, config = earlier[run.run_id]
-                if not config_diff(config, run.config):  # diverged as planned: a result, kept
-                    kept[run.run_id] = reason
-                    continue
+            if state == "missing" and kept_divergence(run, earlier) is not None:  # a result, kept
+                kept[run.run_id] = earlier[run.run_id][0]
+                continue
             if state != "finished":
                 todo.append(run)
         for run_id in set(diverged_configs) - set(kept):
@@ -194,9 +192,8 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
             raise ConfigError("--redo-changed", False, (
                 f"it to rerun the {len(changed)} finished run(s) whose configuration differs from "
                 f"{study.path} (e.g. {place}: {diff}), or another --out-root"))
-        done = len(study.runs) - len(todo)
+        done = len(study.runs) - len(todo) - len(kept)
         where = f"on the Dask cluster {scheduler}" if scheduler else f"with {workers} worker(s)"
-        done -= len(kept)
         archived_note = f" ({in_archive} of them in the archive {study.archive}/)" if in_archive else ""
         kept_note = (f", {len(kept)} diverged earlier (kept as failed; --retry-diverged reruns them)"
                      if kept else "")
@@ -294,6 +291,16 @@ def earlier_divergences(study: Study, study_dir: Path,
             if isinstance(reason, str) and isinstance(config, dict):
                 found[run_id] = (reason, config)
     return found
+
+
+def kept_divergence(run: PlannedRun, earlier: dict[str, tuple[str, dict[str, Any]]]) -> str | None:
+    """The reason ``run`` diverged earlier (:func:`earlier_divergences`) when it did so with its
+    planned configuration (a compare keeps it as failed), else None (never diverged, or with
+    another configuration: it runs again)."""
+    recorded = earlier.get(run.run_id)
+    if recorded is None or config_diff(recorded[1], run.config):
+        return None
+    return recorded[0]
 
 
 #: The task shape that ``study.json`` records per run (the report's hyperparameter table shows it).
