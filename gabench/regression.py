@@ -65,8 +65,9 @@ def run_regression_study(study_file: Path, out_root: Path) -> pd.DataFrame:
     torch.set_num_threads(1)
     study = load_study(study_file)
     result = run_study(study, out_root, workers=1, log=sys.stderr)
-    if result.failures or result.kept_diverged:
-        raise RuntimeError(f"regression study runs failed: {({**result.kept_diverged, **result.failures})}")
+    failed = {**result.kept_diverged, **result.failures}
+    if failed:
+        raise RuntimeError(f"regression study runs failed: {failed}")
     return extract_metrics(pd.read_parquet(result.study_dir / "results.parquet"))
 
 

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
+import torch
 
-from gabench.regression import compare_to_baselines, extract_metrics, format_failures, update_baselines
+import gabench.compare
+import gabench.study
+from gabench.compare import CompareResult
+from gabench.regression import (
+    compare_to_baselines,
+    extract_metrics,
+    format_failures,
+    run_regression_study,
+    update_baselines,
+)
 
 
 def table(values: dict[tuple[str, str], float]) -> pd.DataFrame:
@@ -52,3 +63,16 @@ def test_extract_metrics_reads_test_val_and_train_summaries():
     assert m[("train", "query_loss", 2)] == 2.0 and m[("train", "query_loss_mean_over_steps", -1)] == 1.5
     assert m[("train", "w_min_mean_over_steps", -1)] == 0.15000000000000002
     assert ("train", "wall_seconds", 2) not in m and m[("test", "loss_post", 2)] == 0.6
+
+
+
+def test_regression_run_names_every_failed_run(tmp_path, monkeypatch):
+    """A run that diverged now and one kept as diverged by an earlier compare both fail the check, by name."""
+    result = CompareResult(tmp_path, planned=3, finished=1, ran=2, failures={"a": "diverged at step 5"},
+                           kept_diverged={"b": "diverged at step 9"})
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave this test process's threads alone
+    monkeypatch.setattr(gabench.study, "load_study", lambda path: None)
+    monkeypatch.setattr(gabench.compare, "run_study", lambda *args, **kwargs: result)
+    with pytest.raises(RuntimeError) as err:
+        run_regression_study(tmp_path / "study.toml", tmp_path)
+    assert "'a': 'diverged at step 5'" in str(err.value) and "'b': 'diverged at step 9'" in str(err.value)

@@ -174,8 +174,8 @@ def _run_study(study: Study, out_root: str | Path, workers: int, callbacks_for: 
                 where_changed = "local"
             if state == "changed":
                 changed.append((run, where_changed))
-            if state == "missing" and kept_divergence(run, earlier) is not None:  # a result, kept
-                kept[run.run_id] = earlier[run.run_id][0]
+            if state == "missing" and (reason := kept_divergence(run, earlier)) is not None:  # kept
+                kept[run.run_id] = reason
                 continue
             if state != "finished":
                 todo.append(run)
