@@ -65,7 +65,6 @@ def test_extract_metrics_reads_test_val_and_train_summaries():
     assert ("train", "wall_seconds", 2) not in m and m[("test", "loss_post", 2)] == 0.6
 
 
-
 def test_regression_run_names_every_failed_run(tmp_path, monkeypatch):
     """A run that diverged now and one kept as diverged by an earlier compare both fail the check, by name."""
     result = CompareResult(tmp_path, planned=3, finished=1, ran=2, failures={"a": "diverged at step 5"},
